@@ -1,0 +1,56 @@
+"""The project's exceptions: one root, one branch per kind of culprit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class AggregatorError(Exception):
+    """Root of every error the project raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with a config file, located as precisely as we can."""
+
+    file: str
+    line: int | None
+    path: str  # key path such as ``feeds[3].url``; empty for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(AggregatorError):
+    """``feeds.yaml`` is missing, unreadable or invalid; holds every problem found."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class FeedError(AggregatorError):
+    """Something went wrong with one feed; ``reason`` is a one-line explanation."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"{url}: {reason}")
+
+
+class FetchError(FeedError):
+    """The feed could not be downloaded (network, HTTP status, size, redirects)."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        super().__init__(url, reason)
+        self.status = status
+
+
+class ParseError(FeedError):
+    """The downloaded body is not a feed we can read."""
+
+
+class ArchiveError(AggregatorError):
+    """A post or a published file could not be written, or the archive is inconsistent."""

@@ -1,0 +1,135 @@
+"""Frozen values passed between the pipeline's steps.
+
+Nothing here does I/O. Datetimes are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+DEFAULT_MAX_ITEMS = 100
+DEFAULT_MAX_FEED_BYTES = 10 * 1024 * 1024
+
+
+def format_time(moment: datetime) -> str:
+    """The project's timestamp text: ``2021-04-15T13:59:02.000Z`` (UTC, milliseconds).
+
+    Fixed width with zero-padded years, so that the text sorts like the time.
+    """
+    m = moment.astimezone(UTC)
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+        f".{m.microsecond // 1000:03d}Z"
+    )
+
+
+def parse_time(text: str) -> datetime:
+    """Inverse of :func:`format_time`."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def sort_date(published: datetime | None, archived: datetime) -> datetime:
+    """An item's place in the merged feed: its own date, unless absent or in the future."""
+    return archived if published is None or published > archived else published
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSource:
+    """One entry of ``feeds:`` in feeds.yaml."""
+
+    url: str
+    name: str | None = None  # None: use the feed's own title
+    tags: tuple[str, ...] = ()
+    line: int | None = None  # where feeds.yaml declares it, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A validated feeds.yaml."""
+
+    path: Path  # the config file itself
+    title: str
+    link: str
+    description: str
+    archive: Path  # absolute
+    max_items: int = DEFAULT_MAX_ITEMS
+    image_proxy: str | None = None
+    user_agent: str | None = None
+    max_feed_bytes: int = DEFAULT_MAX_FEED_BYTES
+    feeds: tuple[FeedSource, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """HTTP cache validators exactly as the server sent them."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A 2xx answer with its (decoded) body."""
+
+    url: str  # the URL asked for
+    final_url: str  # after redirects
+    status: int
+    content: bytes
+    content_type: str | None
+    validators: Validators
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NotModified:
+    """A 304 answer to our conditional request."""
+
+    url: str
+    validators: Validators
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One item of a feed, as the parser understood it."""
+
+    title: str
+    link: str | None  # absolute http(s) URL, or None
+    guid: str | None
+    content: str  # HTML, not yet sanitized
+    base: str  # URL that relative references in ``content`` resolve against
+    published: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    """A parsed feed: its own metadata and its entries, in document order."""
+
+    url: str
+    title: str | None
+    link: str | None
+    entries: tuple[Entry, ...]
+    warning: str | None = None  # set when the feed was ill-formed but usable
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    """A rendered post, ready to be written to ``archive/<path>``."""
+
+    key: str  # dedupe key (normalized source URL, GUID or content hash)
+    path: str  # relative to the archive root, POSIX separators
+    feed_url: str
+    title: str
+    link: str
+    published: datetime | None
+    archived: datetime
+    text: str  # the whole file
+
+    @property
+    def sort_date(self) -> datetime:
+        return sort_date(self.published, self.archived)
