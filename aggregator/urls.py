@@ -1,0 +1,72 @@
+"""URL checks and the normalization behind dedupe keys."""
+
+from __future__ import annotations
+
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
+
+HTTP_SCHEMES = frozenset({"http", "https"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_TRACKING_PARAMS = frozenset({"fbclid", "gclid", "mc_cid", "mc_eid"})
+
+
+def _split_http(url: str) -> SplitResult | None:
+    """Split ``url`` if it is an absolute http(s) URL with a host, else None."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in HTTP_SCHEMES or not parts.hostname:
+        return None
+    if any(c.isspace() for c in parts.netloc):
+        return None
+    return parts
+
+
+def is_http_url(url: str) -> bool:
+    """True for an absolute http:// or https:// URL with a host."""
+    return _split_http(url) is not None
+
+
+def resolve_url(url: str, base: str | None) -> str | None:
+    """``url`` made absolute against ``base``; None unless the result is http(s)."""
+    url = url.strip()
+    if not url:
+        return None
+    try:
+        absolute = urljoin(base, url) if base else url
+    except ValueError:
+        return None
+    return absolute if is_http_url(absolute) else None
+
+
+def _is_tracking(param: str) -> bool:
+    name = param.split("=", 1)[0].lower()
+    return name.startswith("utm_") or name in _TRACKING_PARAMS
+
+
+def normalize_url(url: str, base: str | None = None) -> str | None:
+    """The canonical form of an http(s) URL, used as a dedupe key.
+
+    Relative URLs are resolved against ``base``; scheme and host are lowercased; the
+    default port, the fragment and tracking parameters (``utm_*``, ``fbclid``,
+    ``gclid``, ``mc_cid``, ``mc_eid``) are removed; other query parameters keep their
+    order and spelling. Returns None when the result is not an http(s) URL.
+    """
+    absolute = resolve_url(url, base)
+    if absolute is None:
+        return None
+    parts = _split_http(absolute)
+    if parts is None:  # pragma: no cover -- resolve_url already checked
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    port = parts.port
+    netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    if parts.username is not None or parts.password is not None:
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@{netloc}"
+    query = "&".join(p for p in parts.query.split("&") if p and not _is_tracking(p))
+    return urlunsplit((scheme, netloc, parts.path or "/", query, ""))
