@@ -1,0 +1,194 @@
+"""HTTP GET of one feed, politely and defensively.
+
+Conditional requests with the validators of the last good response, our own
+User-Agent, connect/read timeouts plus a total deadline, at most five redirects
+(http and https only), and a cap on the body that counts decompressed bytes, so a
+gzip bomb or an endless body is abandoned early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import httpx
+
+from aggregator import __version__
+from aggregator.errors import FetchError
+from aggregator.models import DEFAULT_MAX_FEED_BYTES, Fetched, NotModified, Validators
+from aggregator.urls import is_http_url
+
+ACCEPT = (
+    "application/rss+xml, application/atom+xml, application/feed+json, "
+    "application/xml;q=0.9, text/xml;q=0.9, application/json;q=0.8, */*;q=0.5"
+)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_KEPT_HEADERS = ("cache-control", "expires", "retry-after")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSettings:
+    user_agent: str
+    max_bytes: int = DEFAULT_MAX_FEED_BYTES
+    timeout: float = 10.0  # connect, read, write
+    deadline: float = 30.0  # the whole fetch, body included
+    max_redirects: int = 5
+
+
+def default_user_agent(link: str) -> str:
+    return f"aggregator/{__version__} (+{link})"
+
+
+def make_client(
+    settings: FetchSettings, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """A client shared by every fetch of a pass."""
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(settings.timeout),
+        follow_redirects=False,  # followed by hand: scheme check, permanence, count
+        headers={
+            "User-Agent": settings.user_agent,
+            "Accept": ACCEPT,
+            "Accept-Encoding": "gzip, deflate",
+        },
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+    )
+
+
+async def fetch_feed(
+    client: httpx.AsyncClient, url: str, validators: Validators, settings: FetchSettings
+) -> Fetched | NotModified:
+    """GET ``url`` conditionally; raise :class:`FetchError` on any failure."""
+    try:
+        async with asyncio.timeout(settings.deadline):
+            return await _fetch(client, url, validators, settings)
+    except TimeoutError:
+        raise FetchError(url, f"no complete answer within {settings.deadline:g} s") from None
+    except httpx.TimeoutException as e:
+        raise FetchError(url, f"timed out ({type(e).__name__})") from e
+    except httpx.HTTPError as e:
+        raise FetchError(url, _describe(e)) from e
+    except httpx.InvalidURL as e:  # raised for a bad Location header too
+        raise FetchError(url, f"invalid URL: {e}") from e
+    except httpx.StreamError as e:
+        raise FetchError(url, f"{type(e).__name__}: {e}") from e
+
+
+def _describe(e: httpx.HTTPError) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, httpx.ConnectError):
+        return f"cannot connect: {text}"
+    return f"{type(e).__name__}: {text}"
+
+
+async def _fetch(
+    client: httpx.AsyncClient, url: str, validators: Validators, settings: FetchSettings
+) -> Fetched | NotModified:
+    headers = {}
+    if validators.etag:
+        headers["If-None-Match"] = validators.etag
+    if validators.last_modified:
+        headers["If-Modified-Since"] = validators.last_modified
+    target = url
+    for _ in range(settings.max_redirects + 1):
+        request = client.build_request("GET", target, headers=headers)
+        response = await client.send(request, stream=True)
+        try:
+            status = response.status_code
+            if status in _REDIRECTS and "location" in response.headers:
+                target = _redirect_target(url, target, response.headers["location"])
+                continue
+            new_validators = Validators(
+                response.headers.get("etag") or validators.etag,
+                response.headers.get("last-modified") or validators.last_modified,
+            )
+            if status == 304:
+                if not headers:
+                    raise FetchError(url, "HTTP 304 Not Modified to a request without validators")
+                return NotModified(url, new_validators)
+            if not 200 <= status < 300:
+                reason = response.reason_phrase or ""
+                raise FetchError(url, f"HTTP {status} {reason}".strip(), status=status)
+            body = await _read_body(response, url, settings.max_bytes)
+            return Fetched(
+                url=url,
+                final_url=str(response.url),
+                status=status,
+                content=body,
+                content_type=response.headers.get("content-type"),
+                validators=Validators(
+                    response.headers.get("etag"), response.headers.get("last-modified")
+                ),
+                headers={k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers},
+            )
+        finally:
+            await response.aclose()
+    raise FetchError(url, f"more than {settings.max_redirects} redirects")
+
+
+def _redirect_target(url: str, current: str, location: str) -> str:
+    try:
+        target = urljoin(current, location.strip())
+    except ValueError:
+        raise FetchError(url, f"redirect to an invalid URL {location[:200]!r}") from None
+    if not is_http_url(target):
+        raise FetchError(url, f"redirect to a non-http URL {target[:200]!r}")
+    return target
+
+
+def _decoder(url: str, encoding: str) -> zlib._Decompress | None:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header; see below
+    raise FetchError(url, f"unsupported Content-Encoding {encoding[:40]!r}")
+
+
+async def _read_body(response: httpx.Response, url: str, max_bytes: int) -> bytes:
+    """The decoded body; abandoned as soon as it would exceed ``max_bytes``."""
+    too_big = FetchError(url, f"feed larger than the {max_bytes:,}-byte limit")
+    length = response.headers.get("content-length", "")
+    encoding = response.headers.get("content-encoding", "")
+    if not encoding and length.isdigit() and int(length) > max_bytes:
+        raise too_big
+    decoder = _decoder(url, encoding)
+    raw_deflate = False
+    chunks: list[bytes] = []
+    size = 0
+    async for raw in response.aiter_raw():
+        pieces = [raw]
+        if decoder is not None:
+            try:
+                pieces = _inflate(decoder, raw, max_bytes - size + 1)
+            except zlib.error:
+                if encoding.strip().lower() != "deflate" or size or raw_deflate:
+                    raise FetchError(url, f"corrupt {encoding} body") from None
+                # "deflate" as many servers send it: raw DEFLATE without a zlib header
+                decoder, raw_deflate = zlib.decompressobj(-zlib.MAX_WBITS), True
+                pieces = _inflate(decoder, raw, max_bytes - size + 1)
+        for piece in pieces:
+            size += len(piece)
+            if size > max_bytes:
+                raise too_big
+            chunks.append(piece)
+    return b"".join(chunks)
+
+
+def _inflate(decoder: zlib._Decompress, data: bytes, limit: int) -> list[bytes]:
+    """Decompress ``data`` without ever producing more than ``limit`` bytes."""
+    out = []
+    produced = 0
+    while data and produced < limit:
+        piece = decoder.decompress(data, limit - produced)
+        out.append(piece)
+        produced += len(piece)
+        data = decoder.unconsumed_tail
+        if decoder.eof:
+            break
+    return out

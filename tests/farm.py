@@ -1,0 +1,105 @@
+"""A loopback HTTP server for tests: routes map a path to a canned or computed answer."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    path: str
+    headers: dict[str, str]
+
+
+Handler = Callable[[Request], Answer]
+
+
+class Farm:
+    """Serves ``routes`` on 127.0.0.1 and records every request."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Answer | Handler] = {}
+        self.requests: list[Request] = []
+        self._lock = threading.Lock()
+        farm = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                request = Request(self.path, {k.lower(): v for k, v in self.headers.items()})
+                with farm._lock:
+                    farm.requests.append(request)
+                route = farm.routes.get(self.path.split("?")[0])
+                if route is None:
+                    answer = Answer(404, b"not found")
+                elif callable(route):
+                    answer = route(request)
+                else:
+                    answer = route
+                self.send_response(answer.status)
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class _Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # clients that hang up early are part of the tests
+
+        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def requests_to(self, path: str) -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+    @contextmanager
+    def running(self) -> Iterator[Farm]:
+        thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.server.shutdown()
+            self.server.server_close()
+            thread.join()
+
+
+def rss(
+    items: list[dict[str, str]], title: str = "Test feed", link: str = "http://example.com/"
+) -> bytes:
+    """A small RSS 2.0 document; each item dict may have title, link, guid, pubDate, description."""
+    from xml.sax.saxutils import escape
+
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n<rss version="2.0"><channel>',
+        f"<title>{escape(title)}</title><link>{escape(link)}</link><description>d</description>",
+    ]
+    for item in items:
+        parts.append("<item>")
+        for tag in ("title", "link", "guid", "pubDate", "description"):
+            if tag in item:
+                parts.append(f"<{tag}>{escape(item[tag])}</{tag}>")
+        parts.append("</item>")
+    parts.append("</channel></rss>")
+    return "".join(parts).encode()
