@@ -1,0 +1,142 @@
+"""Allowlist HTML sanitizing of feed content, and plain text from HTML.
+
+The allowlist keeps what readable articles use (paragraphs, images, links, lists,
+tables, headings, quotes, code, small/italic text, simple inline colours) and drops
+everything that can run code or reach out: scripts, event handlers, ``javascript:``
+and ``data:`` URLs, iframes, objects, forms, style sheets and CSS functions.
+Relative URLs are made absolute against the entry's base; images may be routed
+through an image proxy.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+
+import nh3
+
+from aggregator.urls import resolve_url
+
+ALLOWED_TAGS = frozenset(
+    {
+        "a", "abbr", "b", "blockquote", "br", "caption", "cite", "code", "dd", "del", "div",
+        "dl", "dt", "em", "figcaption", "figure", "h1", "h2", "h3", "h4", "h5", "h6", "hr",
+        "i", "img", "ins", "kbd", "li", "mark", "ol", "p", "pre", "q", "s", "samp", "small",
+        "span", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead",
+        "time", "tr", "u", "ul",
+    }
+)  # fmt: skip
+
+# Tags removed together with everything inside them.
+DROPPED_WITH_CONTENT = frozenset(
+    {
+        "applet", "button", "embed", "form", "frame", "frameset", "head", "iframe", "math",
+        "noscript", "object", "script", "select", "style", "svg", "template", "textarea",
+        "title",
+    }
+)  # fmt: skip
+
+_STYLED = ("div", "p", "span", "small", "a", "img", "td", "th", "table")
+ALLOWED_ATTRIBUTES: dict[str, set[str]] = {
+    "a": {"href", "title"},
+    "abbr": {"title"},
+    "blockquote": {"cite"},
+    "del": {"cite", "datetime"},
+    "img": {"src", "alt", "title", "width", "height"},
+    "ins": {"cite", "datetime"},
+    "li": {"value"},
+    "ol": {"start", "reversed", "type"},
+    "q": {"cite"},
+    "td": {"colspan", "rowspan", "align"},
+    "th": {"colspan", "rowspan", "align", "scope"},
+    "time": {"datetime"},
+}
+for _tag in _STYLED:
+    ALLOWED_ATTRIBUTES.setdefault(_tag, set()).add("style")
+
+_URL_ATTRIBUTES = frozenset({"href", "src", "cite"})
+_LINK_SCHEMES = ("mailto:",)
+
+_SAFE_STYLE_PROPERTIES = frozenset(
+    {
+        "background-color", "border", "border-bottom", "border-left", "border-right",
+        "border-top", "color", "font-size", "font-style", "font-weight", "height",
+        "line-height", "margin", "margin-bottom", "margin-left", "margin-right",
+        "margin-top", "max-width", "padding", "padding-bottom", "padding-left",
+        "padding-right", "padding-top", "text-align", "text-decoration", "vertical-align",
+        "white-space", "width",
+    }
+)  # fmt: skip
+# A declaration value: words, numbers, units, percentages and #colours; no functions,
+# quotes, escapes, comments or URLs.
+_SAFE_STYLE_VALUE = re.compile(r"[#a-zA-Z0-9 .,%-]+")
+
+
+def _is_safe_style(style: str) -> bool:
+    """True if every declaration of ``style`` is allowlisted property: plain value."""
+    declarations = [d for d in style.split(";") if d.strip()]
+    if not declarations:
+        return False
+    for declaration in declarations:
+        prop, colon, value = declaration.partition(":")
+        if not colon or prop.strip().lower() not in _SAFE_STYLE_PROPERTIES:
+            return False
+        if not _SAFE_STYLE_VALUE.fullmatch(value.strip()):
+            return False
+    return True
+
+
+def proxy_image(url: str, template: str) -> str:
+    """Route an http(s) image URL through ``template`` (``{url}`` = URL without scheme)."""
+    return template.replace("{url}", url.split("://", 1)[1])
+
+
+def _attribute_filter(base: str, image_proxy: str | None) -> Callable[[str, str, str], str | None]:
+    def keep(tag: str, attribute: str, value: str) -> str | None:
+        if attribute == "style":
+            return value if _is_safe_style(value) else None
+        if attribute not in _URL_ATTRIBUTES:
+            return value
+        if tag == "a" and value.strip().lower().startswith(_LINK_SCHEMES):
+            return value.strip()
+        url = resolve_url(value, base)
+        if url is None:  # javascript:, data:, vbscript:, garbage ...
+            return None
+        if tag == "img" and attribute == "src" and image_proxy:
+            return proxy_image(url, image_proxy)
+        return url
+
+    return keep
+
+
+def sanitize_html(fragment: str, base: str, image_proxy: str | None = None) -> str:
+    """Sanitized HTML of ``fragment``; relative URLs resolved against ``base``."""
+    return nh3.clean(
+        fragment,
+        tags=set(ALLOWED_TAGS),
+        clean_content_tags=set(DROPPED_WITH_CONTENT),
+        attributes=ALLOWED_ATTRIBUTES,
+        tag_attribute_values={"a": {"target": {"_blank"}}},
+        attribute_filter=_attribute_filter(base, image_proxy),
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer",
+        strip_comments=True,
+    )
+
+
+def html_to_text(fragment: str) -> str:
+    """The text of an HTML fragment, tags dropped and entities decoded."""
+    if "<" not in fragment and "&" not in fragment:
+        return fragment
+    return html.unescape(nh3.clean(fragment, tags=set(), clean_content_tags={"script", "style"}))
+
+
+# Characters XML 1.0 cannot carry (C0 controls other than tab/newline/return,
+# surrogates, U+FFFE/U+FFFF); feeds we publish must stay well-formed.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """``text`` without the characters that XML 1.0 forbids."""
+    return _NOT_XML.sub("", text)

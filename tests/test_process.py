@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import frontmatter
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aggregator.models import Entry
+from aggregator.parse import parse_feed
+from aggregator.process import item_source, key_for, make_post, post_path, render_post, slugify
+from tests.conftest import DATA
+
+ARCHIVED = datetime(2021, 4, 15, 13, 59, 2, tzinfo=UTC)
+
+
+def seed_post() -> str:
+    feed = parse_feed(
+        (DATA / "seed-source.xml").read_bytes(),
+        "https://www.voachinese.com/feed",
+        "application/rss+xml",
+    )
+    (entry,) = feed.entries
+    post = make_post(
+        entry,
+        feed_url=feed.url,
+        name="美国之音",
+        tags=(),
+        archived=ARCHIVED,
+        site_link=feed.link or feed.url,
+        image_proxy="https://images.weserv.nl?url={url}",
+    )
+    return post.text
+
+
+def test_golden_seed_post() -> None:
+    """The sample item becomes the sample post, byte for byte, with one deliberate change.
+
+    ``tests/data/seed-post.expected.md`` differs from ``seed-post.md`` (the sample) only in:
+
+    1. ``rel="noopener noreferrer"`` added to each of the two ``<a target="_blank">`` links
+       of the footer: the sanitizer adds it to every link so that a page opened from a
+       post cannot script the reader's window (``window.opener``) nor learn its URL.
+
+    Everything else (front matter, epoch comment, link line, proxied image, the kept
+    ``style`` and ``target`` attributes) is the sample's exact bytes.
+    """
+    expected = (DATA / "seed-post.expected.md").read_bytes()
+    assert seed_post().encode() == expected
+    sample = (DATA / "seed-post.md").read_bytes()
+    assert expected.replace(b' rel="noopener noreferrer"', b"") == sample
+    assert expected.count(b' rel="noopener noreferrer"') == 2
+
+
+def test_post_path_and_slug() -> None:
+    post = seed_post()
+    assert post.startswith("---\nlayout: post\n")
+    path = post_path(ARCHIVED, "克里抵达上海，拜登寻求美中合作", "https://example.com/a")
+    assert re.fullmatch(r"_posts/2021/04/2021-04-15-[a-z0-9-]{1,60}-[0-9a-f]{8}\.md", path), path
+    assert slugify("Hello, World! -- Ünïcödé") == "hello-world-unicode"
+    assert slugify("克里抵达上海") == "kelididashanghai"
+    assert slugify("!!!") == "item"
+    assert len(slugify("word " * 40)) <= 60
+    assert not slugify("a" * 59 + " b").endswith("-")
+    assert post_path(datetime(999, 1, 2, tzinfo=UTC), "x", "k").startswith(
+        "_posts/0999/01/0999-01-02-x-"
+    )
+
+
+def entry(**kw: object) -> Entry:
+    base: dict[str, object] = dict(
+        title="T", link=None, guid=None, content="<p>c</p>", base="https://ex.com/", published=None
+    )
+    base.update(kw)
+    return Entry(**base)  # type: ignore[arg-type]
+
+
+def test_item_keys() -> None:
+    linked = entry(link="https://Ex.com/a?utm_source=x#frag", guid="g1")
+    assert key_for(item_source(linked)) == "https://ex.com/a"
+    assert item_source(linked) == "https://Ex.com/a?utm_source=x#frag"
+    guid_only = entry(guid="tag:ex.com,2020:1")
+    assert key_for(item_source(guid_only)) == "tag:ex.com,2020:1"
+    neither = entry()
+    assert key_for(item_source(neither)).startswith("urn:sha256:")
+    assert item_source(neither) != item_source(entry(content="<p>other</p>"))
+
+
+def read_back(text: str) -> tuple[dict[str, object], dict[str, object]]:
+    head = text.split("---\n")[1]
+    return yaml.safe_load(head), dict(frontmatter.loads(text).metadata)
+
+
+TRICKY = [
+    'He said "no": the end',
+    "# not a comment",
+    "---",
+    "a\n---\nb",
+    "line one\nline two",
+    "*bold* start",
+    "&anchor",
+    "!tag",
+    "%directive",
+    "@mention",
+    "key: value",
+    "trailing colon:",
+    "[1, 2]",
+    "{a: b}",
+    "back\\slash and 'single'",
+    "yes",
+    "null",
+    "2021-04-15",
+    "0x1F",
+    "  padded  ",
+    "tab\there",
+    "nul\x00and\x07bell",
+    "\u202eright-to-left\u200f",
+    "emoji 🎉 and 中文",
+    "\ufeffbom",
+    "line\u2028sep",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_front_matter_round_trips(text: str) -> None:
+    post = render_post(
+        title=text,
+        archived=ARCHIVED,
+        author=text,
+        source=text,
+        tags=[text, "plain"],
+        categories=[text],
+        link="https://ex.com/",
+        published=None,
+        content="<p>x</p>",
+    )
+    for meta in read_back(post):
+        assert meta["title"] == text
+        assert meta["author"] == text
+        assert meta["from"] == text
+        assert meta["tags"] == [text, "plain"]
+        assert meta["categories"] == [text]
+        assert meta["layout"] == "post"
+        assert meta["date"] == ARCHIVED
+    assert list(read_back(post)[0]) == [
+        "layout",
+        "title",
+        "date",
+        "author",
+        "from",
+        "tags",
+        "categories",
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(title=st.text(), name=st.text(), tags=st.lists(st.text(), max_size=4))
+def test_front_matter_round_trips_for_any_text(title: str, name: str, tags: list[str]) -> None:
+    post = render_post(
+        title=title, archived=ARCHIVED, author=name, source=name, tags=tags, categories=[name],
+        link="https://ex.com/", published=None, content="",
+    )  # fmt: skip
+    for meta in read_back(post):
+        assert meta["title"] == title
+        assert meta["author"] == name
+        assert meta["tags"] == tags
+        assert meta["categories"] == [name]
+
+
+def test_link_line_is_inert_markdown() -> None:
+    post = render_post(
+        title="<script>alert(1)</script> [x](javascript:y) {{ site }} *a* | b\nc",
+        archived=ARCHIVED, author="A", source="s", tags=["A"], categories=["A"],
+        link="https://ex.com/a b(c)", published=None, content="{% include x %}",
+    )  # fmt: skip
+    line = post.splitlines()[10]
+    assert line == (
+        r"[&lt;script&gt;alert(1)&lt;/script&gt; \[x\](javascript:y) &#123;&#123; site &#125;&#125;"
+        r" \*a\* \| b c](https://ex.com/a%20b%28c%29)"
+    )
+    assert "{%" not in post
+
+
+def test_published_line_and_missing_date() -> None:
+    dated = make_post(
+        entry(link="https://ex.com/1", published=datetime(2020, 2, 3, 4, 5, 6, tzinfo=UTC)),
+        feed_url="https://ex.com/feed", name="Ex", tags=("t",), archived=ARCHIVED,
+        site_link="https://ex.com/",
+    )  # fmt: skip
+    assert "<div>\n<div><i>Mon, 03 Feb 2020 04:05:06 GMT</i></div><p>c</p>\n</div>\n" in dated.text
+    assert "tags: [ Ex, t ]\ncategories: [ Ex ]\n" in dated.text
+    undated = make_post(
+        entry(link="https://ex.com/2"), feed_url="https://ex.com/feed", name="Ex", tags=(),
+        archived=ARCHIVED, site_link="https://ex.com/",
+    )  # fmt: skip
+    assert undated.text.endswith("------\n\n<div>\n<p>c</p>\n</div>\n")
+
+
+def test_untitled_entry_gets_a_title_from_its_text() -> None:
+    post = make_post(
+        entry(title="", content="<p>Some   words here</p>", guid="g"),
+        feed_url="https://ex.com/feed", name="Ex", tags=(), archived=ARCHIVED,
+        site_link="https://ex.com/",
+    )  # fmt: skip
+    assert post.title == "Some words here"
+    assert "[Some words here](https://ex.com/)" in post.text  # no own URL: the feed's site
