@@ -1,0 +1,252 @@
+"""The SQLite index next to the archive: per-feed HTTP state, per-item dedupe keys.
+
+The posts are the truth; everything in ``items`` can be rebuilt from them by
+``aggregator reindex``. The HTTP validators in ``feeds`` are the only state that
+cannot be rebuilt, and losing them costs one full download per feed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from aggregator.errors import ArchiveError
+from aggregator.models import Post, Validators, format_time, parse_time, sort_date
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feeds (
+    url            TEXT PRIMARY KEY,
+    name           TEXT,
+    etag           TEXT,
+    last_modified  TEXT,
+    last_poll      TEXT,
+    last_outcome   TEXT,          -- new | unchanged | error
+    last_error     TEXT,
+    http_status    INTEGER
+);
+CREATE TABLE IF NOT EXISTS items (
+    key        TEXT PRIMARY KEY,  -- normalized source URL, GUID or content hash
+    feed_url   TEXT,
+    title      TEXT NOT NULL,
+    published  TEXT,              -- the source's date, if any
+    archived   TEXT NOT NULL,     -- first archived (the post's date)
+    sort_date  TEXT NOT NULL,     -- order in the merged feed
+    path       TEXT NOT NULL UNIQUE,
+    pending    INTEGER NOT NULL DEFAULT 0  -- 1 while the post file is being written
+);
+CREATE INDEX IF NOT EXISTS items_by_date ON items (sort_date DESC, key);
+"""
+_BATCH = 500  # keys per IN (...) query
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """One archived item as the index knows it."""
+
+    key: str
+    feed_url: str | None
+    title: str
+    path: str
+    published: datetime | None
+    archived: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRecord:
+    """What the index remembers of one feed."""
+
+    url: str
+    name: str | None
+    validators: Validators
+    last_poll: datetime | None
+    last_outcome: str | None
+    last_error: str | None
+    http_status: int | None
+
+
+class State:
+    """The index database. One instance per process; not shared across threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ArchiveError(f"{path}: made by a newer version (schema {version})")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as e:
+            raise ArchiveError(f"{path}: cannot open the state database: {e}") from e
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One committed write transaction; SQLite errors become ArchiveError."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+        except sqlite3.Error as e:
+            raise ArchiveError(f"{self.path}: {e}") from e
+
+    def _write(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
+        with self._transaction() as db:
+            db.executemany(sql, rows)
+
+    # Feeds -------------------------------------------------------------------------
+
+    def feed(self, url: str) -> FeedRecord | None:
+        row = self._db.execute(
+            "SELECT url, name, etag, last_modified, last_poll, last_outcome, last_error,"
+            " http_status FROM feeds WHERE url = ?",
+            (url,),
+        ).fetchone()
+        if row is None:
+            return None
+        return FeedRecord(
+            url=row[0],
+            name=row[1],
+            validators=Validators(row[2], row[3]),
+            last_poll=parse_time(row[4]) if row[4] else None,
+            last_outcome=row[5],
+            last_error=row[6],
+            http_status=row[7],
+        )
+
+    def validators(self, url: str) -> Validators:
+        record = self.feed(url)
+        return record.validators if record else Validators()
+
+    def record_poll(
+        self,
+        url: str,
+        *,
+        when: datetime,
+        outcome: str,
+        error: str | None = None,
+        http_status: int | None = None,
+        name: str | None = None,
+        validators: Validators | None = None,
+    ) -> None:
+        """Remember a poll's outcome; ``validators``/``name`` only when given."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO feeds (url, last_poll, last_outcome, last_error, http_status)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (url) DO UPDATE SET"
+                " last_poll = excluded.last_poll, last_outcome = excluded.last_outcome,"
+                " last_error = excluded.last_error, http_status = excluded.http_status",
+                (url, format_time(when), outcome, error, http_status),
+            )
+            if name is not None:
+                db.execute("UPDATE feeds SET name = ? WHERE url = ?", (name, url))
+            if validators is not None:
+                db.execute(
+                    "UPDATE feeds SET etag = ?, last_modified = ? WHERE url = ?",
+                    (validators.etag, validators.last_modified, url),
+                )
+
+    def feed_names(self) -> dict[str, str]:
+        """Feed URL → the name its posts carry."""
+        rows = self._db.execute("SELECT url, name FROM feeds WHERE name IS NOT NULL")
+        return dict(rows.fetchall())
+
+    # Items -------------------------------------------------------------------------
+
+    def known_keys(self, keys: Iterable[str]) -> set[str]:
+        """The subset of ``keys`` already archived (or being archived)."""
+        wanted = list(dict.fromkeys(keys))
+        found: set[str] = set()
+        for i in range(0, len(wanted), _BATCH):
+            chunk = wanted[i : i + _BATCH]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT key FROM items WHERE key IN ({marks})", chunk)  # noqa: S608
+            found.update(r[0] for r in rows)
+        return found
+
+    def path_taken(self, path: str) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM items WHERE path = ?", (path,)).fetchone() is not None
+        )
+
+    def reserve(self, posts: Iterable[Post]) -> None:
+        """Record posts as pending, before their files are written."""
+        self._write(_INSERT_ITEM, (_item_row(p, pending=True) for p in posts))
+
+    def confirm(self, keys: Iterable[str]) -> None:
+        """Mark items whose post file is in place."""
+        self._write("UPDATE items SET pending = 0 WHERE key = ?", ((k,) for k in keys))
+
+    def forget(self, keys: Iterable[str]) -> None:
+        self._write("DELETE FROM items WHERE key = ?", ((k,) for k in keys))
+
+    def pending(self) -> list[tuple[str, str]]:
+        """(key, path) of items whose write may have been interrupted."""
+        return self._db.execute("SELECT key, path FROM items WHERE pending = 1").fetchall()
+
+    def newest(self, limit: int) -> list[ItemRecord]:
+        """The ``limit`` archived items that lead the merged feed."""
+        rows = self._db.execute(
+            "SELECT key, feed_url, title, path, published, archived FROM items"
+            " WHERE pending = 0 ORDER BY sort_date DESC, key LIMIT ?",
+            (limit,),
+        )
+        return [_item(r) for r in rows]
+
+    def items(self) -> Iterator[ItemRecord]:
+        rows = self._db.execute(
+            "SELECT key, feed_url, title, path, published, archived FROM items"
+            " WHERE pending = 0 ORDER BY key"
+        )
+        return (_item(r) for r in rows)
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM items WHERE pending = 0").fetchone()[0])
+
+    def replace_items(self, records: Iterable[ItemRecord | Post]) -> None:
+        """Swap the whole item index for ``records`` in one transaction (reindex)."""
+        rows = [_item_row(r, pending=False) for r in records]
+        with self._transaction() as db:
+            db.execute("DELETE FROM items")
+            db.executemany(_INSERT_ITEM, rows)
+
+
+_INSERT_ITEM = (
+    "INSERT INTO items (key, feed_url, title, published, archived, sort_date, path, pending)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _item_row(r: ItemRecord | Post, *, pending: bool) -> tuple[object, ...]:
+    return (
+        r.key,
+        r.feed_url,
+        r.title,
+        format_time(r.published) if r.published else None,
+        format_time(r.archived),
+        format_time(sort_date(r.published, r.archived)),
+        r.path,
+        int(pending),
+    )
+
+
+def _item(row: tuple[str, str | None, str, str, str | None, str]) -> ItemRecord:
+    return ItemRecord(
+        key=row[0],
+        feed_url=row[1],
+        title=row[2],
+        path=row[3],
+        published=parse_time(row[4]) if row[4] else None,
+        archived=parse_time(row[5]),
+    )

@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from aggregator import archive as archive_module
+from aggregator.archive import Archive
+from aggregator.models import Entry, Post
+from aggregator.process import make_post
+from aggregator.state import State
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+class Crash(BaseException):
+    """A simulated kill: nothing after it runs, no cleanup handler catches it."""
+
+
+def posts(n: int, when: datetime = T0, prefix: str = "item") -> list[Post]:
+    return [
+        make_post(
+            Entry(
+                title=f"{prefix} {i}",
+                link=f"https://ex.com/{prefix}/{i}",
+                guid=None,
+                content=f"<p>{prefix} {i}</p>",
+                base="https://ex.com/",
+                published=T0 - timedelta(hours=i),
+            ),
+            feed_url="https://ex.com/feed",
+            name="Ex",
+            tags=(),
+            archived=when + timedelta(seconds=i),
+            site_link="https://ex.com/",
+        )
+        for i in range(n)
+    ]
+
+
+def files(root: Path) -> list[str]:
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and "_posts" in p.parts
+    )
+
+
+def assert_consistent(root: Path, keys: set[str]) -> None:
+    """Each key once in the index and once on disk; no temp or stray files."""
+    with Archive(root) as arc:
+        assert arc.state.pending() == []
+        items = list(arc.state.items())
+    assert {i.key for i in items} == keys
+    on_disk = files(root)
+    assert not [f for f in on_disk if f.endswith(".tmp")], on_disk
+    assert sorted(i.path for i in items) == on_disk
+    for i in items:
+        text = (root / i.path).read_text()
+        assert text.startswith("---\n") and text.endswith("</div>\n")
+
+
+def test_store_writes_posts_and_skips_known_keys(tmp_path: Path) -> None:
+    batch = posts(3)
+    with Archive(tmp_path) as arc:
+        written = arc.store(batch + batch[:1])  # a key twice in one batch
+        assert [p.key for p in written] == [p.key for p in batch]
+        assert arc.store(posts(3, T0 + timedelta(days=1))) == []  # same keys, later: nothing
+    assert (tmp_path / batch[0].path).read_text() == batch[0].text
+    assert (tmp_path / ".aggregator" / ".gitignore").read_text().endswith("*\n")
+    assert_consistent(tmp_path, {p.key for p in batch})
+
+
+def test_colliding_file_names_get_a_longer_hash(tmp_path: Path) -> None:
+    (first,) = posts(1)
+    with Archive(tmp_path) as arc:
+        arc.store([first])
+        clash = Post(**{**{f: getattr(first, f) for f in Post.__slots__}, "key": "other-key"})
+        (written,) = arc.store([clash])
+    assert written.path != first.path and written.path.endswith(".md")
+    assert len(written.path.rsplit("-", 1)[1]) == len("0123456789abcdef.md")
+
+
+def crash_on_call(n: int, real: Callable[..., object]) -> Callable[..., object]:
+    """Call ``real`` n-1 times, then crash."""
+    calls = []
+
+    def wrapper(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) >= n:
+            raise Crash
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+STEPS = {
+    "after recording pending rows, before any file": ("write_file_atomic", 1),
+    "after the first post, before the second": ("write_file_atomic", 2),
+    "after a temp file is written, before its rename": ("os.replace", 1),
+    "after the renames, before the folder fsync": ("fsync_dir", 1),
+    "after the folder fsync, before marking done": ("State.confirm", 1),
+}
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_a_kill_between_any_two_steps_loses_and_duplicates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    target, n = STEPS[step]
+    batch = posts(4)
+    arc = Archive(tmp_path)
+    with monkeypatch.context() as m:
+        if target == "os.replace":
+            m.setattr(archive_module.os, "replace", crash_on_call(n, os.replace))
+        elif target == "State.confirm":
+            m.setattr(State, "confirm", crash_on_call(n, State.confirm))
+        else:
+            m.setattr(archive_module, target, crash_on_call(n, getattr(archive_module, target)))
+        with pytest.raises(Crash):
+            arc.store(batch)
+        arc.state._db.close()  # the process dies: no cleanup runs
+    # Before recovery, a post is whole or absent: never a partial file under its name.
+    for post in batch:
+        final = tmp_path / post.path
+        assert not final.exists() or final.read_text() == post.text
+    # Restart: recover, then the next poll offers the same items again (later clock).
+    with Archive(tmp_path) as arc:
+        arc.recover()
+        arc.store(posts(4, T0 + timedelta(hours=1)))
+    assert_consistent(tmp_path, {p.key for p in batch})
+
+
+def test_a_failed_write_keeps_what_is_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = posts(3)
+    real = archive_module.write_file_atomic
+    calls = []
+
+    def disk_full(path: Path, data: bytes) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise archive_module.ArchiveError(f"cannot write {path}: No space left on device")
+        real(path, data)
+
+    with (
+        Archive(tmp_path) as arc,
+        pytest.raises(archive_module.ArchiveError, match="No space left"),
+    ):
+        monkeypatch.setattr(archive_module, "write_file_atomic", disk_full)
+        arc.store(batch)
+    monkeypatch.undo()
+    assert_consistent(tmp_path, {batch[0].key})
+
+
+def test_reindex_rebuilds_the_same_index(tmp_path: Path) -> None:
+    batch = posts(5)
+    with Archive(tmp_path) as arc:
+        arc.store(batch)
+        before = sorted(arc.state.items(), key=lambda i: i.key)
+    (tmp_path / ".aggregator" / "state.sqlite3").unlink()
+    for extra in ("-wal", "-shm"):
+        (tmp_path / ".aggregator" / f"state.sqlite3{extra}").unlink(missing_ok=True)
+    with Archive(tmp_path) as arc:
+        assert arc.state.known_keys(p.key for p in batch) == set()
+        count, problems = arc.reindex({"Ex": "https://ex.com/feed"})
+        after = sorted(arc.state.items(), key=lambda i: i.key)
+        assert arc.store(posts(5, T0 + timedelta(days=3))) == []  # same dedupe decisions
+    assert (count, problems) == (5, [])
+    assert after == before
+
+
+def test_reindex_reports_unreadable_and_duplicate_posts(tmp_path: Path) -> None:
+    (post,) = posts(1)
+    with Archive(tmp_path) as arc:
+        arc.store([post])
+        copy = tmp_path / post.path.replace(".md", "-copy.md")
+        copy.write_text(post.text)
+        (tmp_path / "_posts" / "2024" / "broken.md").write_text("no front matter here")
+        count, problems = arc.reindex({})
+    assert count == 1
+    assert any(
+        "broken.md: unreadable post" in p or "broken.md: front matter" in p for p in problems
+    ), problems
+    assert any("duplicate of" in p for p in problems), problems
+
+
+def test_read_post_round_trip(tmp_path: Path) -> None:
+    (post,) = posts(1)
+    with Archive(tmp_path) as arc:
+        arc.store([post])
+        stored = arc.read_post(post.path)
+    assert stored.title == "item 0"
+    assert stored.link == stored.source == "https://ex.com/item/0"
+    assert stored.author == "Ex" and stored.tags == ("Ex",)
+    assert stored.archived == post.archived
+    assert stored.published == T0
+    assert stored.content == "<p>item 0</p>"
