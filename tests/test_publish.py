@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import feedparser
+import pytest
+
+from aggregator.archive import Archive
+from aggregator.config import load_config
+from aggregator.models import Config, Entry
+from aggregator.process import make_post
+from aggregator.publish import publish
+from tests.conftest import write_config
+from tests.feedcheck import check_outputs
+
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
+
+
+def config(tmp_path: Path, **top: object) -> Config:
+    return load_config(write_config(tmp_path, [{"url": "https://ex.com/feed"}], **top))
+
+
+def fill(arc: Archive, n: int, *, published: list[datetime | None] | None = None) -> None:
+    posts = []
+    for i in range(n):
+        pub = published[i] if published else NOW - timedelta(days=n - i)
+        posts.append(
+            make_post(
+                Entry(
+                    title=f'Item {i} <&> "quoted"',
+                    link=f"https://ex.com/{i}",
+                    guid=None,
+                    content=f'<p>{i}</p><script>alert({i})</script><img src="/i{i}.png" onerror="x()">',
+                    base="https://ex.com/",
+                    published=pub,
+                ),
+                feed_url="https://ex.com/feed",
+                name="Ex: the feed",
+                tags=("news", "tech"),
+                archived=NOW - timedelta(hours=1) + timedelta(seconds=i),
+                site_link="https://ex.com/",
+            )
+        )
+    arc.store(posts)
+
+
+def test_outputs_are_valid_and_carry_every_field(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with Archive(cfg.archive) as arc:
+        fill(arc, 5)
+        publish(cfg, arc, NOW)
+    assert check_outputs(cfg.archive) == 5
+    rss = feedparser.parse((cfg.archive / "feed.xml").read_bytes())
+    first = rss.entries[0]
+    assert first.title == 'Item 4 <&> "quoted"'
+    assert first.link == "https://ex.com/4"
+    assert first.id == "https://ex.com/4"
+    assert first.author == "Ex: the feed"
+    assert [t.term for t in first.tags] == ["Ex: the feed", "news", "tech"]
+    assert first.source.href == "https://ex.com/feed" and first.source.title == "Ex: the feed"
+    raw = (cfg.archive / "feed.xml").read_text()
+    assert '&lt;p&gt;4&lt;/p&gt;&lt;img src="https://ex.com/i4.png"&gt;' in raw  # as archived
+    assert "alert(" not in raw and "onerror" not in raw
+    atom = feedparser.parse((cfg.archive / "atom.xml").read_bytes())
+    assert atom.entries[0].author == "Ex: the feed"
+    assert atom.entries[0].content[0].type == "text/html"
+    assert atom.feed.links[0].rel == "self"
+
+
+def test_newest_first_by_published_date_else_archive_date(tmp_path: Path) -> None:
+    cfg = config(tmp_path, max_items=3)
+    dates = [NOW - timedelta(days=3), None, NOW + timedelta(days=365), NOW - timedelta(days=9)]
+    with Archive(cfg.archive) as arc:
+        fill(arc, 4, published=dates)
+        publish(cfg, arc, NOW)
+    titles = [
+        e.title.split(" <")[0]
+        for e in feedparser.parse((cfg.archive / "atom.xml").read_bytes()).entries
+    ]
+    # Item 2 claims a future date and Item 1 has none: both sort at their archive time
+    # (an hour ago), ahead of Item 0 (three days ago); Item 3 (nine days) is cut by max_items.
+    assert titles == ["Item 2", "Item 1", "Item 0"]
+
+
+def test_publish_reads_only_the_posts_it_publishes(tmp_path: Path) -> None:
+    cfg = config(tmp_path, max_items=10)
+    with Archive(cfg.archive) as arc:
+        fill(arc, 60)
+        opened: list[str] = []
+        posts_dir = str(cfg.archive / "_posts")
+
+        def audit(event: str, args: tuple[object, ...]) -> None:
+            if event == "open" and isinstance(args[0], str) and args[0].startswith(posts_dir):
+                opened.append(args[0])
+
+        sys.addaudithook(audit)
+        try:
+            publish(cfg, arc, NOW)
+        finally:
+            posts_dir = "\0"  # audit hooks cannot be removed; make this one inert
+    assert len(opened) == 10
+    assert len(set(opened)) == 10
+
+
+def test_a_missing_post_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(tmp_path)
+    with Archive(cfg.archive) as arc:
+        fill(arc, 3)
+        victim = arc.state.newest(1)[0].path
+        (cfg.archive / victim).unlink()
+        publish(cfg, arc, NOW)
+    assert check_outputs(cfg.archive) == 2
+    assert "run `aggregator reindex`" in caplog.text
