@@ -1,0 +1,215 @@
+"""One pass: every feed of the config fetched, parsed, processed and archived; then publish.
+
+``poll_feed`` = fetch → parse → process → archive for one source; ``poll_all`` runs
+them concurrently (bounded) so that one feed's failure or slowness never touches
+another, then republishes the merged feed if anything changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import httpx
+
+from aggregator.archive import Archive
+from aggregator.errors import AggregatorError, FeedError, FetchError
+from aggregator.fetch import FetchSettings, default_user_agent, fetch_feed, make_client
+from aggregator.models import Config, FeedSource, NotModified, ParsedFeed, Post, Validators
+from aggregator.parse import parse_feed
+from aggregator.process import item_source, key_for, make_post
+from aggregator.publish import outputs_missing, publish
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+DEFAULT_CONCURRENCY = 16
+
+NEW, UNCHANGED, ERROR = "new", "unchanged", "error"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedResult:
+    """How one feed's poll ended."""
+
+    url: str
+    name: str
+    outcome: str  # new | unchanged | error
+    new: int = 0
+    error: str | None = None
+    status: int | None = None  # the HTTP status, when there was one
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    results: tuple[FeedResult, ...]
+    published: bool
+
+    @property
+    def failed(self) -> list[FeedResult]:
+        return [r for r in self.results if r.outcome == ERROR]
+
+    @property
+    def new(self) -> int:
+        return sum(r.new for r in self.results)
+
+
+def fetch_settings(config: Config) -> FetchSettings:
+    return FetchSettings(
+        user_agent=config.user_agent or default_user_agent(config.link),
+        max_bytes=config.max_feed_bytes,
+    )
+
+
+class Poller:
+    """Polls feeds of one config into one archive, with one HTTP client."""
+
+    def __init__(
+        self, config: Config, archive: Archive, client: httpx.AsyncClient, clock: Clock = utc_now
+    ) -> None:
+        self.config = config
+        self.archive = archive
+        self.client = client
+        self.clock = clock
+        self.settings = fetch_settings(config)
+
+    async def poll_feed(self, source: FeedSource) -> FeedResult:
+        """Fetch, parse, process and archive one feed; never raises."""
+        started = time.monotonic()
+        state = self.archive.state
+        known = state.feed(source.url)
+        name = source.name or (known.name if known and known.name else _host(source.url))
+        try:
+            result = await self._poll(source, known.validators if known else Validators(), name)
+        except AggregatorError as e:
+            result = _failure(source, name, e)
+        except Exception as e:  # a bug: keep the other feeds going, but say so loudly
+            log.exception("feed=%s url=%s internal error", name, source.url)
+            reason = f"internal error: {type(e).__name__}: {e}"
+            result = FeedResult(source.url, name, ERROR, error=reason)
+        if result.outcome == ERROR:
+            try:
+                state.record_poll(
+                    source.url, when=self.clock(), outcome=ERROR, error=result.error,
+                    http_status=result.status,
+                )  # fmt: skip
+            except AggregatorError as e:
+                log.error("feed=%s url=%s cannot record the error: %s", name, source.url, e)
+        log.log(
+            logging.WARNING if result.outcome == ERROR else logging.INFO,
+            "poll feed=%s url=%s status=%s outcome=%s new=%d elapsed=%.2fs%s",
+            result.name, source.url, result.status, result.outcome, result.new,
+            time.monotonic() - started, f" reason={result.error}" if result.error else "",
+        )  # fmt: skip
+        return result
+
+    async def _poll(self, source: FeedSource, validators: Validators, name: str) -> FeedResult:
+        state = self.archive.state
+        fetched = await fetch_feed(self.client, source.url, validators, self.settings)
+        if isinstance(fetched, NotModified):
+            changed = fetched.validators if fetched.validators != validators else None
+            state.record_poll(
+                source.url, when=self.clock(), outcome=UNCHANGED, http_status=304,
+                validators=changed,
+            )  # fmt: skip
+            return FeedResult(source.url, name, UNCHANGED, status=304)
+        parsed = await asyncio.to_thread(
+            parse_feed, fetched.content, fetched.final_url, fetched.content_type
+        )
+        if parsed.warning:
+            log.warning("feed=%s url=%s %s", name, source.url, parsed.warning)
+        name = source.name or parsed.title or name
+        written = self.archive.store(self._new_posts(source, parsed, name))
+        outcome = NEW if written else UNCHANGED
+        state.record_poll(
+            source.url, when=self.clock(), outcome=outcome, http_status=fetched.status,
+            name=name, validators=fetched.validators,
+        )  # fmt: skip
+        return FeedResult(source.url, name, outcome, len(written), status=fetched.status)
+
+    def _new_posts(self, source: FeedSource, parsed: ParsedFeed, name: str) -> list[Post]:
+        """Posts for the entries whose key is not archived yet, oldest entry first."""
+        keyed = [(key_for(item_source(e)), e) for e in reversed(parsed.entries)]
+        known = self.archive.state.known_keys(k for k, _ in keyed)
+        site = parsed.link or source.url
+        posts, seen = [], set(known)
+        for key, entry in keyed:
+            if key in seen:
+                continue
+            seen.add(key)
+            posts.append(
+                make_post(
+                    entry,
+                    feed_url=source.url,
+                    name=name,
+                    tags=source.tags,
+                    archived=self.clock(),
+                    site_link=site,
+                    image_proxy=self.config.image_proxy,
+                )
+            )
+        return posts
+
+
+def _failure(source: FeedSource, name: str, error: AggregatorError) -> FeedResult:
+    if isinstance(error, FeedError):
+        status = error.status if isinstance(error, FetchError) else None
+        return FeedResult(source.url, name, ERROR, error=error.reason, status=status)
+    return FeedResult(source.url, name, ERROR, error=str(error))
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or url
+
+
+async def poll_all(
+    config: Config,
+    archive: Archive,
+    *,
+    clock: Clock = utc_now,
+    transport: httpx.AsyncBaseTransport | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    on_result: Callable[[FeedResult], None] | None = None,
+) -> PassResult:
+    """Poll every feed of ``config`` once, then publish if anything changed."""
+    limit = asyncio.Semaphore(concurrency)
+    async with make_client(fetch_settings(config), transport) as client:
+        poller = Poller(config, archive, client, clock)
+
+        async def one(source: FeedSource) -> FeedResult:
+            async with limit:
+                result = await poller.poll_feed(source)
+            if on_result is not None:
+                on_result(result)
+            return result
+
+        results = await asyncio.gather(*(one(s) for s in config.feeds))
+    published = False
+    if any(r.new for r in results) or outputs_missing(archive.root):
+        publish(config, archive, clock())
+        published = True
+    return PassResult(tuple(results), published)
+
+
+def run_pass(
+    config: Config,
+    *,
+    clock: Clock = utc_now,
+    transport: httpx.AsyncBaseTransport | None = None,
+    on_result: Callable[[FeedResult], None] | None = None,
+) -> PassResult:
+    """Open the archive, settle interrupted writes, poll everything once, publish."""
+    with Archive(config.archive) as archive:
+        archive.recover()
+        return asyncio.run(
+            poll_all(config, archive, clock=clock, transport=transport, on_result=on_result)
+        )
