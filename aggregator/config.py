@@ -11,10 +11,28 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from aggregator.errors import ConfigError, ConfigProblem
-from aggregator.models import DEFAULT_MAX_FEED_BYTES, DEFAULT_MAX_ITEMS, Config, FeedSource
+from aggregator.models import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_FEED_BYTES,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_ITEMS,
+    DEFAULT_MAX_PER_HOST,
+    DEFAULT_PORT,
+    Config,
+    FeedSource,
+)
+from aggregator.timing import DEFAULT_INTERVAL, MIN_INTERVAL, format_duration, parse_duration
 from aggregator.urls import is_http_url, normalize_url
 
 ENV_VAR = "AGGREGATOR_CONFIG"
@@ -38,6 +56,27 @@ def _check_text(value: str) -> str:
     return value
 
 
+def _duration(value: object) -> int:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a duration such as 15m, 2h or 1d, not {value!r}")
+    seconds = parse_duration(value)
+    if seconds < MIN_INTERVAL:
+        raise ValueError(f"must be at least {format_duration(MIN_INTERVAL)}, not {value}")
+    return seconds
+
+
+Duration = Annotated[int, BeforeValidator(_duration)]
+
+
+class _ServeSchema(BaseModel):
+    """Where the daemon serves the merged feed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    host: str = DEFAULT_HOST
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+
+
 class _FeedSchema(BaseModel):
     """What a feed entry of feeds.yaml may say."""
 
@@ -46,6 +85,7 @@ class _FeedSchema(BaseModel):
     url: str
     name: str | None = None
     tags: list[Annotated[str, AfterValidator(_check_text)]] = Field(default_factory=list)
+    interval: Duration | None = None
 
     _url = field_validator("url")(_check_http_url)
 
@@ -73,6 +113,10 @@ class _ConfigSchema(BaseModel):
     image_proxy: str | None = None
     user_agent: str | None = None
     max_feed_bytes: int = Field(DEFAULT_MAX_FEED_BYTES, ge=1024)
+    interval: Duration = DEFAULT_INTERVAL
+    serve: _ServeSchema = _ServeSchema()
+    max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1, le=256)
+    max_in_flight_per_host: int = Field(DEFAULT_MAX_PER_HOST, ge=1, le=64)
     feeds: list[_FeedSchema]
 
     _link = field_validator("link")(_check_http_url)
@@ -135,8 +179,19 @@ def load_config(path: Path) -> Config:
         image_proxy=schema.image_proxy,
         user_agent=schema.user_agent,
         max_feed_bytes=schema.max_feed_bytes,
+        interval=schema.interval,
+        host=schema.serve.host,
+        port=schema.serve.port,
+        max_in_flight=schema.max_in_flight,
+        max_in_flight_per_host=schema.max_in_flight_per_host,
         feeds=tuple(
-            FeedSource(url=f.url, name=f.name, tags=tuple(f.tags), line=lines.get(("feeds", i)))
+            FeedSource(
+                url=f.url,
+                name=f.name,
+                tags=tuple(f.tags),
+                interval=f.interval or schema.interval,
+                line=lines.get(("feeds", i)),
+            )
             for i, f in enumerate(schema.feeds)
         ),
     )
@@ -239,7 +294,11 @@ def _problem(name: str, lines: dict[Loc, int], err: Any) -> ConfigProblem:
             break
     message = _MESSAGES.get(err["type"]) or str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        allowed = _FeedSchema if loc[:1] == ("feeds",) and len(loc) == 3 else _ConfigSchema
+        allowed: type[BaseModel] = _ConfigSchema
+        if loc[:1] == ("feeds",) and len(loc) == 3:
+            allowed = _FeedSchema
+        elif loc[:1] == ("serve",):
+            allowed = _ServeSchema
         message += f" (allowed: {', '.join(allowed.model_fields)})"
     elif err["type"].endswith("_type"):
         message += f", got {type(err['input']).__name__} {_short(err['input'])}"

@@ -10,8 +10,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aggregator.timing import DEFAULT_INTERVAL
+
 DEFAULT_MAX_ITEMS = 100
 DEFAULT_MAX_FEED_BYTES = 10 * 1024 * 1024
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
+DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_PER_HOST = 16, 2
 
 
 def format_time(moment: datetime) -> str:
@@ -43,7 +47,13 @@ class FeedSource:
     url: str
     name: str | None = None  # None: use the feed's own title
     tags: tuple[str, ...] = ()
+    interval: int = DEFAULT_INTERVAL  # seconds between polls
     line: int | None = None  # where feeds.yaml declares it, for messages
+
+    @property
+    def settings(self) -> str:
+        """What the user wrote for this feed; a change means "poll it again" (after 410)."""
+        return repr((self.url, self.name, self.tags, self.interval))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +69,11 @@ class Config:
     image_proxy: str | None = None
     user_agent: str | None = None
     max_feed_bytes: int = DEFAULT_MAX_FEED_BYTES
+    interval: int = DEFAULT_INTERVAL
+    host: str = DEFAULT_HOST  # where the daemon serves the merged feed
+    port: int = DEFAULT_PORT
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # requests at once, in total
+    max_in_flight_per_host: int = DEFAULT_MAX_PER_HOST
     feeds: tuple[FeedSource, ...] = ()
 
 
@@ -83,7 +98,8 @@ class Fetched:
     content: bytes
     content_type: str | None
     validators: Validators
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # caching hints
+    moved_to: str | None = None  # set when every redirect was permanent (301/308)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +108,7 @@ class NotModified:
 
     url: str
     validators: Validators
+    headers: Mapping[str, str] = field(default_factory=dict)  # caching hints
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +132,7 @@ class ParsedFeed:
     link: str | None
     entries: tuple[Entry, ...]
     warning: str | None = None  # set when the feed was ill-formed but usable
+    ttl: int | None = None  # RSS <ttl>, minutes
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,22 @@ def test_valid_config_with_defaults(tmp_path: Path) -> None:
     assert config.feeds[0].name is None and config.feeds[0].tags == ()
     assert config.feeds[1].name == "B" and config.feeds[1].tags == ("x", "y")
     assert config.feeds[1].line == 3
+    assert config.interval == 3600 and config.feeds[0].interval == 3600
+    assert (config.host, config.port) == ("127.0.0.1", 8080)
+    assert (config.max_in_flight, config.max_in_flight_per_host) == (16, 2)
     with pytest.raises(AttributeError):
         config.title = "changed"  # type: ignore[misc]
+
+
+def test_intervals_and_serve(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "interval: 2h\nserve: {host: 0.0.0.0, port: 9000}\nmax_in_flight: 4\n"
+        "feeds:\n  - url: https://a.example/\n    interval: 1h30m\n  - url: https://b.example/\n",
+    )
+    config = load_config(path)
+    assert [f.interval for f in config.feeds] == [5400, 7200]
+    assert (config.host, config.port, config.max_in_flight) == ("0.0.0.0", 9000, 4)
 
 
 def test_archive_is_relative_to_the_config_file(tmp_path: Path) -> None:
@@ -81,11 +95,12 @@ def test_every_problem_is_reported_with_file_line_and_key_path(tmp_path: Path) -
     found = problems(path)
     assert found == [
         f"{path}:2: colour: unknown key (allowed: title, link, description, archive, max_items,"
-        " image_proxy, user_agent, max_feed_bytes, feeds)",
+        " image_proxy, user_agent, max_feed_bytes, interval, serve, max_in_flight,"
+        " max_in_flight_per_host, feeds)",
         f"{path}:3: max_items: Input should be a valid integer, got str 'lots'",
         f"{path}:6: feeds[1].url: must be an http:// or https:// URL, not 'ftp://b.example/feed'",
         f"{path}:8: feeds[2].name: Input should be a valid string, got int 42",
-        f"{path}:9: feeds[2].tgas: unknown key (allowed: url, name, tags)",
+        f"{path}:9: feeds[2].tgas: unknown key (allowed: url, name, tags, interval)",
         f"{path}:10: feeds[3].url: is required",
     ]
 
@@ -124,6 +139,20 @@ def test_duplicate_feed_urls(tmp_path: Path) -> None:
             "feeds:\n  - url: https://a.example/\n    tags: [ok, '']\n",
             ":3: feeds[0].tags[1]: must not be empty",
         ),
+        ("feeds: []\ninterval: 1m\n", ":2: interval: must be at least 5m, not 1m"),
+        (
+            "feeds: []\ninterval: 3600\n",
+            ":2: interval: must be a duration such as 15m, 2h or 1d, not 3600",
+        ),
+        (
+            "feeds:\n  - url: https://a.example/\n    interval: soon\n",
+            ":3: feeds[0].interval: 'soon' is not a duration",
+        ),
+        (
+            "feeds: []\nserve:\n  port: 70000\n",
+            ":3: serve.port: Input should be less than or equal to 65535",
+        ),
+        ("feeds: []\nserve:\n  hots: x\n", ":3: serve.hots: unknown key (allowed: host, port)"),
     ],
 )
 def test_invalid_files(tmp_path: Path, text: str, expected: str) -> None:
@@ -152,7 +181,7 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     assert "OK, 1 feeds" in run.stdout
 
     good.write_text("feeds:\n  - url: gopher://a.example/\n")
-    for command in ("check", "poll", "run", "reindex"):
+    for command in ("check", "poll", "run", "serve", "status", "reindex"):
         run = subprocess.run(
             [sys.executable, "-m", "aggregator", command, "-c", str(good)],
             capture_output=True, text=True, check=False,
