@@ -43,9 +43,12 @@ class FeedError(AggregatorError):
 class FetchError(FeedError):
     """The feed could not be downloaded (network, HTTP status, size, redirects)."""
 
-    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+    def __init__(
+        self, url: str, reason: str, status: int | None = None, retry_after: str | None = None
+    ) -> None:
         super().__init__(url, reason)
         self.status = status
+        self.retry_after = retry_after  # the raw Retry-After header of a 429/503
 
 
 class ParseError(FeedError):

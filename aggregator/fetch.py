@@ -25,7 +25,8 @@ ACCEPT = (
     "application/xml;q=0.9, text/xml;q=0.9, application/json;q=0.8, */*;q=0.5"
 )
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_KEPT_HEADERS = ("cache-control", "expires", "retry-after")
+_KEPT_HEADERS = ("cache-control", "expires", "date")
+_PERMANENT = frozenset({301, 308})
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,7 @@ async def _fetch(
     if validators.last_modified:
         headers["If-Modified-Since"] = validators.last_modified
     target = url
+    permanent = True  # every hop so far was 301/308
     for _ in range(settings.max_redirects + 1):
         request = client.build_request("GET", target, headers=headers)
         response = await client.send(request, stream=True)
@@ -100,6 +102,7 @@ async def _fetch(
             status = response.status_code
             if status in _REDIRECTS and "location" in response.headers:
                 target = _redirect_target(url, target, response.headers["location"])
+                permanent = permanent and status in _PERMANENT
                 continue
             new_validators = Validators(
                 response.headers.get("etag") or validators.etag,
@@ -108,10 +111,11 @@ async def _fetch(
             if status == 304:
                 if not headers:
                     raise FetchError(url, "HTTP 304 Not Modified to a request without validators")
-                return NotModified(url, new_validators)
+                kept = {k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers}
+                return NotModified(url, new_validators, kept)
             if not 200 <= status < 300:
-                reason = response.reason_phrase or ""
-                raise FetchError(url, f"HTTP {status} {reason}".strip(), status=status)
+                reason = f"HTTP {status} {response.reason_phrase or ''}".strip()
+                raise FetchError(url, reason, status, response.headers.get("retry-after"))
             body = await _read_body(response, url, settings.max_bytes)
             return Fetched(
                 url=url,
@@ -123,6 +127,7 @@ async def _fetch(
                     response.headers.get("etag"), response.headers.get("last-modified")
                 ),
                 headers={k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers},
+                moved_to=target if permanent and target != url else None,
             )
         finally:
             await response.aclose()

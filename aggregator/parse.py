@@ -54,7 +54,17 @@ def parse_feed(content: bytes, url: str, content_type: str | None = None) -> Par
         link=base or None,
         entries=tuple(_entry(e, url) for e in entries),
         warning=warning,
+        ttl=_ttl(feed.get("ttl")),
     )
+
+
+def _ttl(value: object) -> int | None:
+    """RSS ``<ttl>`` in minutes, if it is a sane number."""
+    try:
+        minutes = int(str(value).strip())
+    except ValueError:
+        return None
+    return minutes if 0 < minutes <= 7 * 24 * 60 else None
 
 
 def _not_a_feed_reason(d: Any, content_type: str | None) -> str:

@@ -1,8 +1,8 @@
 """One pass: every feed of the config fetched, parsed, processed and archived; then publish.
 
-``poll_feed`` = fetch → parse → process → archive for one source; ``poll_all`` runs
-them concurrently (bounded) so that one feed's failure or slowness never touches
-another, then republishes the merged feed if anything changed.
+``Poller.poll_feed`` = fetch → parse → process → archive for one source, used by both
+``poll`` (:func:`poll_all`, everything once) and the daemon (each feed on its own
+schedule). One feed's failure or slowness never touches another.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -24,11 +26,12 @@ from aggregator.models import Config, FeedSource, NotModified, ParsedFeed, Post,
 from aggregator.parse import parse_feed
 from aggregator.process import item_source, key_for, make_post
 from aggregator.publish import outputs_missing, publish
+from aggregator.state import FeedRecord
+from aggregator.timing import cache_hint, retry_after
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-DEFAULT_CONCURRENCY = 16
 
 NEW, UNCHANGED, ERROR = "new", "unchanged", "error"
 
@@ -47,6 +50,9 @@ class FeedResult:
     new: int = 0
     error: str | None = None
     status: int | None = None  # the HTTP status, when there was one
+    hint: float | None = None  # seconds the server asked us to wait before the next poll
+    fetch_seconds: float | None = None
+    gone: bool = False  # 410: not polled again until its feeds.yaml entry changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,17 +76,39 @@ def fetch_settings(config: Config) -> FetchSettings:
     )
 
 
+class Limits:
+    """At most ``total`` requests in flight, and at most ``per_host`` to any one host."""
+
+    def __init__(self, total: int, per_host: int) -> None:
+        self._total = asyncio.Semaphore(total)
+        self._hosts: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(per_host)
+        )
+
+    @asynccontextmanager
+    async def slot(self, url: str) -> AsyncIterator[None]:
+        # The host first: a task waiting for a busy host must not hold a global slot.
+        async with self._hosts[urlsplit(url).hostname or ""], self._total:
+            yield
+
+
 class Poller:
     """Polls feeds of one config into one archive, with one HTTP client."""
 
     def __init__(
-        self, config: Config, archive: Archive, client: httpx.AsyncClient, clock: Clock = utc_now
+        self,
+        config: Config,
+        archive: Archive,
+        client: httpx.AsyncClient,
+        clock: Clock = utc_now,
+        limits: Limits | None = None,
     ) -> None:
         self.config = config
         self.archive = archive
         self.client = client
         self.clock = clock
         self.settings = fetch_settings(config)
+        self.limits = limits or Limits(config.max_in_flight, config.max_in_flight_per_host)
 
     async def poll_feed(self, source: FeedSource) -> FeedResult:
         """Fetch, parse, process and archive one feed; never raises."""
@@ -89,9 +117,15 @@ class Poller:
         known = state.feed(source.url)
         name = source.name or (known.name if known and known.name else _host(source.url))
         try:
-            result = await self._poll(source, known.validators if known else Validators(), name)
+            if known and known.gone_settings == source.settings:
+                when = known.last_poll.date() if known.last_poll else "earlier"
+                reason = f"gone (HTTP 410 on {when}); remove it from {self.config.path}"
+                return FeedResult(source.url, name, ERROR, error=reason, status=410, gone=True)
+            if known and known.gone_settings:  # its feeds.yaml entry changed: try again
+                state.set_gone(source.url, None)
+            result = await self._poll(source, known, name)
         except AggregatorError as e:
-            result = _failure(source, name, e)
+            result = self._failure(source, name, e)
         except Exception as e:  # a bug: keep the other feeds going, but say so loudly
             log.exception("feed=%s url=%s internal error", name, source.url)
             reason = f"internal error: {type(e).__name__}: {e}"
@@ -112,21 +146,31 @@ class Poller:
         )  # fmt: skip
         return result
 
-    async def _poll(self, source: FeedSource, validators: Validators, name: str) -> FeedResult:
+    async def _poll(self, source: FeedSource, record: FeedRecord | None, name: str) -> FeedResult:
         state = self.archive.state
-        fetched = await fetch_feed(self.client, source.url, validators, self.settings)
+        validators = record.validators if record else Validators()
+        target = (record.moved_to if record else None) or source.url
+        fetch_started = time.monotonic()
+        async with self.limits.slot(target):
+            fetched = await fetch_feed(self.client, target, validators, self.settings)
+        fetch_seconds = time.monotonic() - fetch_started
         if isinstance(fetched, NotModified):
             changed = fetched.validators if fetched.validators != validators else None
             state.record_poll(
                 source.url, when=self.clock(), outcome=UNCHANGED, http_status=304,
                 validators=changed,
             )  # fmt: skip
-            return FeedResult(source.url, name, UNCHANGED, status=304)
+            hint = cache_hint(fetched.headers, None, self.clock())
+            return FeedResult(
+                source.url, name, UNCHANGED, status=304, hint=hint, fetch_seconds=fetch_seconds
+            )
         parsed = await asyncio.to_thread(
             parse_feed, fetched.content, fetched.final_url, fetched.content_type
         )
         if parsed.warning:
             log.warning("feed=%s url=%s %s", name, source.url, parsed.warning)
+        if fetched.moved_to:
+            self._moved(source, fetched.moved_to)
         name = source.name or parsed.title or name
         written = self.archive.store(self._new_posts(source, parsed, name))
         outcome = NEW if written else UNCHANGED
@@ -134,7 +178,39 @@ class Poller:
             source.url, when=self.clock(), outcome=outcome, http_status=fetched.status,
             name=name, validators=fetched.validators,
         )  # fmt: skip
-        return FeedResult(source.url, name, outcome, len(written), status=fetched.status)
+        return FeedResult(
+            source.url, name, outcome, len(written), status=fetched.status,
+            hint=cache_hint(fetched.headers, parsed.ttl, self.clock()), fetch_seconds=fetch_seconds,
+        )  # fmt: skip
+
+    def _moved(self, source: FeedSource, new_url: str) -> None:
+        """A permanent redirect: fetch the new URL from now on, and tell the user."""
+        state = self.archive.state
+        if (record := state.feed(source.url)) and record.moved_to == new_url:
+            return
+        state.set_moved(source.url, new_url)
+        where = f"{self.config.path}:{source.line}" if source.line else str(self.config.path)
+        log.warning(
+            "%s: feed %s has moved permanently to %s; polling the new URL, update feeds.yaml",
+            where, source.url, new_url,
+        )  # fmt: skip
+
+    def _failure(self, source: FeedSource, name: str, error: AggregatorError) -> FeedResult:
+        if not isinstance(error, FeedError):
+            return FeedResult(source.url, name, ERROR, error=str(error))
+        status = error.status if isinstance(error, FetchError) else None
+        hint = None
+        if isinstance(error, FetchError) and status in (429, 503):
+            hint = retry_after(error.retry_after, self.clock())
+        gone = status == 410
+        if gone:
+            self.archive.state.set_gone(source.url, source.settings)
+        reason = error.reason + (
+            f"; not polled again until {self.config.path} changes it" if gone else ""
+        )
+        return FeedResult(
+            source.url, name, ERROR, error=reason, status=status, hint=hint, gone=gone
+        )
 
     def _new_posts(self, source: FeedSource, parsed: ParsedFeed, name: str) -> list[Post]:
         """Posts for the entries whose key is not archived yet, oldest entry first."""
@@ -160,13 +236,6 @@ class Poller:
         return posts
 
 
-def _failure(source: FeedSource, name: str, error: AggregatorError) -> FeedResult:
-    if isinstance(error, FeedError):
-        status = error.status if isinstance(error, FetchError) else None
-        return FeedResult(source.url, name, ERROR, error=error.reason, status=status)
-    return FeedResult(source.url, name, ERROR, error=str(error))
-
-
 def _host(url: str) -> str:
     return urlsplit(url).hostname or url
 
@@ -177,16 +246,16 @@ async def poll_all(
     *,
     clock: Clock = utc_now,
     transport: httpx.AsyncBaseTransport | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
     on_result: Callable[[FeedResult], None] | None = None,
 ) -> PassResult:
     """Poll every feed of ``config`` once, then publish if anything changed."""
-    limit = asyncio.Semaphore(concurrency)
+    # Requests are bounded by Poller's Limits; this bounds bodies waiting to be parsed.
+    working = asyncio.Semaphore(2 * config.max_in_flight)
     async with make_client(fetch_settings(config), transport) as client:
         poller = Poller(config, archive, client, clock)
 
         async def one(source: FeedSource) -> FeedResult:
-            async with limit:
+            async with working:
                 result = await poller.poll_feed(source)
             if on_result is not None:
                 on_result(result)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from aggregator.errors import ArchiveError
 from aggregator.models import Post, Validators, format_time, parse_time, sort_date
@@ -27,7 +28,11 @@ CREATE TABLE IF NOT EXISTS feeds (
     last_poll      TEXT,
     last_outcome   TEXT,          -- new | unchanged | error
     last_error     TEXT,
-    http_status    INTEGER
+    http_status    INTEGER,
+    error_count    INTEGER NOT NULL DEFAULT 0,  -- failed polls in a row
+    next_poll      TEXT,          -- when the daemon polls it next
+    moved_to       TEXT,          -- new URL after a permanent redirect
+    gone_settings  TEXT           -- its feeds.yaml settings when it answered 410 Gone
 );
 CREATE TABLE IF NOT EXISTS items (
     key        TEXT PRIMARY KEY,  -- normalized source URL, GUID or content hash
@@ -67,14 +72,49 @@ class FeedRecord:
     last_outcome: str | None
     last_error: str | None
     http_status: int | None
+    error_count: int = 0
+    next_poll: datetime | None = None
+    moved_to: str | None = None
+    gone_settings: str | None = None
+
+
+_FEED_COLUMNS = (
+    "url, name, etag, last_modified, last_poll, last_outcome, last_error, http_status,"
+    " error_count, next_poll, moved_to, gone_settings"
+)
+
+
+def _feed(row: tuple[Any, ...]) -> FeedRecord:
+    def when(value: str | None) -> datetime | None:
+        return parse_time(value) if value else None
+
+    return FeedRecord(
+        url=row[0],
+        name=row[1],
+        validators=Validators(row[2], row[3]),
+        last_poll=when(row[4]),
+        last_outcome=row[5],
+        last_error=row[6],
+        http_status=row[7],
+        error_count=row[8] or 0,
+        next_poll=when(row[9]),
+        moved_to=row[10],
+        gone_settings=row[11],
+    )
 
 
 class State:
     """The index database. One instance per process; not shared across threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         try:
+            if readonly:  # for `status` and `serve`, next to a running daemon
+                self._db = sqlite3.connect(
+                    f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None
+                )
+                self._db.execute("PRAGMA busy_timeout=10000")
+                return
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -108,22 +148,13 @@ class State:
     # Feeds -------------------------------------------------------------------------
 
     def feed(self, url: str) -> FeedRecord | None:
-        row = self._db.execute(
-            "SELECT url, name, etag, last_modified, last_poll, last_outcome, last_error,"
-            " http_status FROM feeds WHERE url = ?",
-            (url,),
-        ).fetchone()
-        if row is None:
-            return None
-        return FeedRecord(
-            url=row[0],
-            name=row[1],
-            validators=Validators(row[2], row[3]),
-            last_poll=parse_time(row[4]) if row[4] else None,
-            last_outcome=row[5],
-            last_error=row[6],
-            http_status=row[7],
-        )
+        row = self._db.execute(f"SELECT {_FEED_COLUMNS} FROM feeds WHERE url = ?", (url,))  # noqa: S608
+        found = row.fetchone()
+        return _feed(found) if found else None
+
+    def feeds(self) -> dict[str, FeedRecord]:
+        rows = self._db.execute(f"SELECT {_FEED_COLUMNS} FROM feeds")  # noqa: S608
+        return {r[0]: _feed(r) for r in rows}
 
     def validators(self, url: str) -> Validators:
         record = self.feed(url)
@@ -140,14 +171,19 @@ class State:
         name: str | None = None,
         validators: Validators | None = None,
     ) -> None:
-        """Remember a poll's outcome; ``validators``/``name`` only when given."""
+        """Remember a poll's outcome; ``validators``/``name`` only when given.
+
+        Counts failures in a row: an ``error`` outcome adds one, any other resets it.
+        """
+        failed = int(outcome == "error")
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO feeds (url, last_poll, last_outcome, last_error, http_status)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (url) DO UPDATE SET"
+                "INSERT INTO feeds (url, last_poll, last_outcome, last_error, http_status,"
+                " error_count) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (url) DO UPDATE SET"
                 " last_poll = excluded.last_poll, last_outcome = excluded.last_outcome,"
-                " last_error = excluded.last_error, http_status = excluded.http_status",
-                (url, format_time(when), outcome, error, http_status),
+                " last_error = excluded.last_error, http_status = excluded.http_status,"
+                " error_count = CASE WHEN ? THEN error_count + 1 ELSE 0 END",
+                (url, format_time(when), outcome, error, http_status, failed, failed),
             )
             if name is not None:
                 db.execute("UPDATE feeds SET name = ? WHERE url = ?", (name, url))
@@ -156,6 +192,34 @@ class State:
                     "UPDATE feeds SET etag = ?, last_modified = ? WHERE url = ?",
                     (validators.etag, validators.last_modified, url),
                 )
+
+    def _set(self, url: str, column: str, value: str | None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT INTO feeds (url, {column}) VALUES (?, ?)"  # noqa: S608 -- fixed names
+                f" ON CONFLICT (url) DO UPDATE SET {column} = excluded.{column}",
+                (url, value),
+            )
+
+    def set_next_poll(self, url: str, when: datetime | None) -> None:
+        self._set(url, "next_poll", format_time(when) if when else None)
+
+    def set_moved(self, url: str, new_url: str | None) -> None:
+        """Remember that ``url`` now lives at ``new_url`` (a 301/308); None forgets it."""
+        self._set(url, "moved_to", new_url)
+
+    def set_gone(self, url: str, settings: str | None) -> None:
+        """Mark the feed gone (410) for these feeds.yaml settings; None clears the mark."""
+        self._set(url, "gone_settings", settings)
+
+    def new_items_since(self, since: datetime) -> dict[str, int]:
+        """Feed URL → items archived at or after ``since``."""
+        rows = self._db.execute(
+            "SELECT feed_url, count(*) FROM items WHERE archived >= ? AND pending = 0"
+            " GROUP BY feed_url",
+            (format_time(since),),
+        )
+        return {r[0]: r[1] for r in rows if r[0]}
 
     def feed_names(self) -> dict[str, str]:
         """Feed URL → the name its posts carry."""

@@ -28,7 +28,7 @@ Handler = Callable[[Request], Answer]
 class Farm:
     """Serves ``routes`` on 127.0.0.1 and records every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Answer | Handler] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
@@ -62,9 +62,9 @@ class Farm:
             def handle_error(self, request: object, client_address: object) -> None:
                 pass  # clients that hang up early are part of the tests
 
-        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server = _Server((host, 0), _Handler)
         self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.base = f"http://{host}:{self.server.server_address[1]}"
 
     def url(self, path: str) -> str:
         return self.base + path

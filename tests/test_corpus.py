@@ -46,7 +46,10 @@ def test_every_corpus_feed_goes_through_the_pipeline(tmp_path: Path, farm: Farm)
         farm.routes[f"/{i}/{path.name}"] = answer_for(path)
     config = load_config(
         write_config(
-            tmp_path, [{"url": farm.url(route)} for route in farm.routes], max_items=10_000
+            tmp_path,
+            [{"url": farm.url(route)} for route in farm.routes],
+            max_items=10_000,
+            max_in_flight_per_host=16,  # the whole corpus is served by one loopback host
         )
     )
 
