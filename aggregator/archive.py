@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -36,6 +37,39 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = ".aggregator"
 POSTS_DIR = "_posts"
+
+
+class ArchiveLocked(ArchiveError):
+    """Another process holds the archive."""
+
+
+@contextlib.contextmanager
+def lock_archive(root: Path) -> Iterator[None]:
+    """Hold the archive for this process: an flock on ``.aggregator/lock`` with our pid.
+
+    The kernel drops the lock when the process dies, so a lock file left by a killed
+    process never blocks a new start.
+    """
+    path = root / STATE_DIR / "lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ArchiveError(f"cannot create {path}: {e.strerror or e}") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ArchiveLocked(
+                f"another aggregator (pid {pid}) is using the archive {root}; "
+                "stop it first, or use `aggregator status` to see what it does"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # also releases the lock
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:

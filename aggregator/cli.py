@@ -1,20 +1,28 @@
 """The command line. The only place that configures logging and maps errors to exit codes.
 
-Exit codes: 0 success, 1 a feed or the archive failed, 2 invalid configuration.
+Exit codes: 0 success, 1 a feed or the archive failed (or the archive is in use),
+2 invalid configuration.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from aggregator import __version__
 from aggregator.errors import AggregatorError, ConfigError
-from aggregator.models import Config
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from aggregator.models import Config
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -27,6 +35,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -37,23 +51,52 @@ ConfigOption = Annotated[
 ]  # fmt: skip
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Log only errors.")]
+LogFormatOption = Annotated[
+    LogFormat, typer.Option("--log-format", help="text lines, or one JSON object per line.")
+]
+HostOption = Annotated[
+    str | None, typer.Option("--host", help="Address to serve on [default: serve.host, 127.0.0.1]")
+]
+PortOption = Annotated[
+    int | None, typer.Option("--port", help="Port to serve on [default: serve.port, 8080]")
+]
 
 
-def _setup_logging(verbose: bool, quiet: bool, rich_console: object | None = None) -> None:
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _setup_logging(
+    verbose: bool, quiet: bool, fmt: LogFormat = LogFormat.text, console: Console | None = None
+) -> None:
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     root = logging.getLogger()
     root.handlers.clear()
-    if rich_console is not None:
+    handler: logging.Handler
+    if console is not None and fmt is LogFormat.text:
         from rich.logging import RichHandler  # noqa: PLC0415
 
-        handler: logging.Handler = RichHandler(console=rich_console, show_path=False)  # type: ignore[arg-type]
+        handler = RichHandler(console=console, show_path=False)
         level = level if verbose or quiet else logging.WARNING  # the progress bar tells the rest
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            _JsonFormatter()
+            if fmt is LogFormat.json
+            else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore"):
+    for noisy in ("httpx", "httpcore", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
@@ -88,54 +131,43 @@ def check(config: ConfigOption = None) -> None:
 
 @app.command()
 def poll(
-    config: ConfigOption = None, verbose: VerboseOption = False, quiet: QuietOption = False
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+    quiet: QuietOption = False,
+    log_format: LogFormatOption = LogFormat.text,
 ) -> None:
     """Poll every feed once, archive new items, republish the merged feed, exit.
 
     Prints one line per feed (new N / unchanged / error: reason). Exit status 0 when
     every feed was fetched or unchanged, 1 when any failed, 2 on an invalid config.
+    Refuses to run (exit 1) while `aggregator run` is using the same archive.
 
     Example (cron, every 30 minutes): */30 * * * * cd ~/feeds && aggregator poll -q
     """
-    cfg = _load(config)
-    raise typer.Exit(_poll_once(cfg, verbose, quiet))
-
-
-@app.command()
-def run(
-    config: ConfigOption = None, verbose: VerboseOption = False, quiet: QuietOption = False
-) -> None:
-    """Run the aggregator (for now: one complete pass, as `poll`).
-
-    Example: aggregator run -c feeds.yaml
-    """
-    cfg = _load(config)
-    raise typer.Exit(_poll_once(cfg, verbose, quiet))
-
-
-def _poll_once(cfg: Config, verbose: bool, quiet: bool) -> int:
+    from aggregator.archive import lock_archive  # noqa: PLC0415
     from aggregator.pipeline import ERROR, NEW, FeedResult, run_pass  # noqa: PLC0415
 
-    interactive = sys.stderr.isatty() and not quiet
+    cfg = _load(config)
     progress = None
-    if interactive:
+    if sys.stderr.isatty() and not quiet and log_format is LogFormat.text:
         from rich.console import Console  # noqa: PLC0415
         from rich.progress import Progress  # noqa: PLC0415
 
         progress = Progress(console=Console(stderr=True), transient=True)
-    _setup_logging(verbose, quiet, progress.console if progress else None)
+    _setup_logging(verbose, quiet, log_format, progress.console if progress else None)
 
     def advance(_: FeedResult) -> None:
         if progress is not None:
             progress.advance(task)
 
     try:
-        if progress is not None:
-            with progress:
-                task = progress.add_task("polling", total=len(cfg.feeds))
-                outcome = run_pass(cfg, on_result=advance)
-        else:
-            outcome = run_pass(cfg)
+        with lock_archive(cfg.archive):
+            if progress is not None:
+                with progress:
+                    task = progress.add_task("polling", total=len(cfg.feeds))
+                    outcome = run_pass(cfg, on_result=advance)
+            else:
+                outcome = run_pass(cfg)
     except AggregatorError as e:
         raise _fail(e) from None
     for r in outcome.results:
@@ -148,12 +180,119 @@ def _poll_once(cfg: Config, verbose: bool, quiet: bool) -> int:
         f"{len(outcome.results)} feeds: {outcome.new} new items, {len(outcome.failed)} failed"
         + (f"; published {cfg.archive}" if outcome.published else "")
     )
-    return EXIT_FAILED if outcome.failed else EXIT_OK
+    raise typer.Exit(EXIT_FAILED if outcome.failed else EXIT_OK)
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    verbose: VerboseOption = False,
+    quiet: QuietOption = False,
+    log_format: LogFormatOption = LogFormat.text,
+) -> None:
+    """Run the daemon: poll each feed on its schedule and serve the merged feed over HTTP.
+
+    Edits of feeds.yaml are applied within seconds (or at once on SIGHUP); an invalid
+    edit is logged and ignored. SIGTERM or Ctrl-C stops it cleanly. Serves /atom.xml,
+    /feed.xml, /feed.json, /opml.xml, a home page at /, /healthz and /metrics.
+
+    Example: aggregator run -c feeds.yaml --port 8080
+    """
+    from aggregator.scheduler import Daemon  # noqa: PLC0415
+
+    cfg = _load(config)
+    _setup_logging(verbose, quiet, log_format)
+    try:
+        code = Daemon(cfg, host=host, port=port).run()
+    except AggregatorError as e:
+        raise _fail(e) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    verbose: VerboseOption = False,
+    quiet: QuietOption = False,
+    log_format: LogFormatOption = LogFormat.text,
+) -> None:
+    """Serve an existing archive's merged feed over HTTP, without polling.
+
+    Example: aggregator serve -c feeds.yaml --host 0.0.0.0 --port 8080
+    """
+    from aggregator.serve import serve_archive  # noqa: PLC0415
+
+    cfg = _load(config)
+    _setup_logging(verbose, quiet, log_format)
+    try:
+        serve_archive(cfg, host or cfg.host, cfg.port if port is None else port)
+    except AggregatorError as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def status(config: ConfigOption = None) -> None:
+    """Print each feed's health: last poll, outcome, new items in 24 h, errors, next poll.
+
+    Reads the archive's index only, so it works while `aggregator run` is running.
+
+    Example: aggregator status -c feeds.yaml
+    """
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from aggregator.archive import STATE_DIR  # noqa: PLC0415
+    from aggregator.state import State  # noqa: PLC0415
+
+    cfg = _load(config)
+    db = cfg.archive / STATE_DIR / "state.sqlite3"
+    if not db.exists():
+        raise _fail(AggregatorError(f"no archive index at {db}: run `aggregator poll` first"))
+    try:
+        state = State(db, readonly=True)
+        records = state.feeds()
+        now = datetime.now(UTC)
+        recent = state.new_items_since(now - timedelta(hours=24))
+        state.close()
+    except AggregatorError as e:
+        raise _fail(e) from None
+
+    def when(moment: datetime | None) -> str:
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+    table = Table(
+        "name", "url", "last poll (UTC)", "outcome", "new 24h", "errors", "next poll (UTC)"
+    )
+    for source in cfg.feeds:
+        r = records.get(source.url)
+        outcome = (r.last_outcome or "-") if r else "not polled yet"
+        if r and r.last_outcome == "error":
+            outcome = f"error: {r.last_error}"
+        table.add_row(
+            source.name or (r.name if r and r.name else source.url),
+            source.url,
+            when(r.last_poll if r else None),
+            outcome,
+            str(recent.get(source.url, 0)),
+            str(r.error_count if r else 0),
+            "gone"
+            if r and r.gone_settings == source.settings
+            else when(r.next_poll if r else None),
+        )
+    console = Console() if sys.stdout.isatty() else Console(width=250, no_color=True)
+    console.print(table)
 
 
 @app.command()
 def reindex(
-    config: ConfigOption = None, verbose: VerboseOption = False, quiet: QuietOption = False
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+    quiet: QuietOption = False,
+    log_format: LogFormatOption = LogFormat.text,
 ) -> None:
     """Rebuild the item index (archive/.aggregator/state.sqlite3) from the posts.
 
@@ -162,14 +301,14 @@ def reindex(
 
     Example: aggregator reindex -c feeds.yaml
     """
-    from aggregator.archive import Archive  # noqa: PLC0415
+    from aggregator.archive import Archive, lock_archive  # noqa: PLC0415
     from aggregator.pipeline import utc_now  # noqa: PLC0415
     from aggregator.publish import publish  # noqa: PLC0415
 
     cfg = _load(config)
-    _setup_logging(verbose, quiet)
+    _setup_logging(verbose, quiet, log_format)
     try:
-        with Archive(cfg.archive) as archive:
+        with lock_archive(cfg.archive), Archive(cfg.archive) as archive:
             archive.recover()
             names = {name: url for url, name in archive.state.feed_names().items()}
             names.update({f.name: f.url for f in cfg.feeds if f.name})

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import write_config
 from tests.farm import Answer, Farm, rss
 
-COMMANDS = ["check", "poll", "run", "reindex"]
+COMMANDS = ["check", "poll", "run", "serve", "status", "reindex"]
 
 
 def aggregator(
@@ -67,14 +67,6 @@ def test_poll_prints_a_line_per_feed_and_exits_by_outcome(tmp_path: Path, farm: 
     ]
     for name in ("feed.xml", "atom.xml", "feed.json"):
         assert (tmp_path / "archive" / name).is_file()
-
-
-def test_run_does_a_full_pass(tmp_path: Path, farm: Farm) -> None:
-    farm.routes["/ok"] = Answer(200, rss([{"title": "t", "link": "https://ex.com/1"}]))
-    config = write_config(tmp_path, [{"url": farm.url("/ok")}])
-    run = aggregator("run", "-c", str(config), "-q")
-    assert run.returncode == 0, run.stderr
-    assert len(list((tmp_path / "archive" / "_posts").rglob("*.md"))) == 1
 
 
 def test_reindex_command(tmp_path: Path, farm: Farm) -> None:
