@@ -144,56 +144,64 @@ def _redirect_target(url: str, current: str, location: str) -> str:
     return target
 
 
-def _decoder(url: str, encoding: str) -> zlib._Decompress | None:
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return None
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header; see below
-    raise FetchError(url, f"unsupported Content-Encoding {encoding[:40]!r}")
+class _Inflater:
+    """Incremental Content-Encoding decoder that never produces more than it is asked for.
+
+    gzip may hold several members; "deflate" is zlib-wrapped by the standard but raw
+    DEFLATE from many servers, so both are accepted.
+    """
+
+    def __init__(self, url: str, encoding: str) -> None:
+        self.url = url
+        self.encoding = encoding.strip().lower()
+        if self.encoding in ("gzip", "x-gzip"):
+            self.wbits = 16 + zlib.MAX_WBITS
+        elif self.encoding == "deflate":
+            self.wbits = zlib.MAX_WBITS
+        else:
+            raise FetchError(url, f"unsupported Content-Encoding {encoding[:40]!r}")
+        self.decoder = zlib.decompressobj(self.wbits)
+        self.started = False
+
+    def feed(self, data: bytes, limit: int) -> list[bytes]:
+        out: list[bytes] = []
+        produced = 0
+        while data and produced < limit:
+            try:
+                piece = self.decoder.decompress(data, limit - produced)
+            except zlib.error:
+                if self.wbits == zlib.MAX_WBITS and not self.started:  # raw DEFLATE
+                    self.wbits = -zlib.MAX_WBITS
+                    self.decoder = zlib.decompressobj(self.wbits)
+                    continue
+                raise FetchError(self.url, f"corrupt {self.encoding} body") from None
+            self.started = True
+            out.append(piece)
+            produced += len(piece)
+            if not self.decoder.eof:
+                data = self.decoder.unconsumed_tail
+            elif self.wbits > zlib.MAX_WBITS and self.decoder.unused_data.strip(b"\0"):
+                data = self.decoder.unused_data  # the next gzip member
+                self.decoder = zlib.decompressobj(self.wbits)
+            else:
+                break  # trailing bytes after the stream are ignored
+        return out
 
 
 async def _read_body(response: httpx.Response, url: str, max_bytes: int) -> bytes:
     """The decoded body; abandoned as soon as it would exceed ``max_bytes``."""
     too_big = FetchError(url, f"feed larger than the {max_bytes:,}-byte limit")
     length = response.headers.get("content-length", "")
-    encoding = response.headers.get("content-encoding", "")
+    encoding = response.headers.get("content-encoding", "").strip()
     if not encoding and length.isdigit() and int(length) > max_bytes:
         raise too_big
-    decoder = _decoder(url, encoding)
-    raw_deflate = False
+    inflater = _Inflater(url, encoding) if encoding.lower() not in ("", "identity") else None
     chunks: list[bytes] = []
     size = 0
     async for raw in response.aiter_raw():
-        pieces = [raw]
-        if decoder is not None:
-            try:
-                pieces = _inflate(decoder, raw, max_bytes - size + 1)
-            except zlib.error:
-                if encoding.strip().lower() != "deflate" or size or raw_deflate:
-                    raise FetchError(url, f"corrupt {encoding} body") from None
-                # "deflate" as many servers send it: raw DEFLATE without a zlib header
-                decoder, raw_deflate = zlib.decompressobj(-zlib.MAX_WBITS), True
-                pieces = _inflate(decoder, raw, max_bytes - size + 1)
-        for piece in pieces:
+        for piece in inflater.feed(raw, max_bytes - size + 1) if inflater else [raw]:
             size += len(piece)
             if size > max_bytes:
                 raise too_big
             chunks.append(piece)
     return b"".join(chunks)
-
-
-def _inflate(decoder: zlib._Decompress, data: bytes, limit: int) -> list[bytes]:
-    """Decompress ``data`` without ever producing more than ``limit`` bytes."""
-    out = []
-    produced = 0
-    while data and produced < limit:
-        piece = decoder.decompress(data, limit - produced)
-        out.append(piece)
-        produced += len(piece)
-        data = decoder.unconsumed_tail
-        if decoder.eof:
-            break
-    return out

@@ -133,6 +133,20 @@ def test_size_cap_counts_decompressed_bytes(farm: Farm) -> None:
         assert isinstance(got, Fetched) and got.content == big, path
 
 
+def test_gzip_with_several_members(farm: Farm) -> None:
+    farm.routes["/multi"] = Answer(
+        200, gzip.compress(b"<rss>") + gzip.compress(b"</rss>"), {"Content-Encoding": "gzip"}
+    )
+    got = fetch(farm.url("/multi"))
+    assert isinstance(got, Fetched) and got.content == b"<rss></rss>"
+
+
+def test_corrupt_gzip(farm: Farm) -> None:
+    farm.routes["/bad"] = Answer(200, b"not gzip at all", {"Content-Encoding": "gzip"})
+    with pytest.raises(FetchError, match="corrupt gzip body"):
+        fetch(farm.url("/bad"))
+
+
 def test_gzip_bomb_is_abandoned_without_inflating_it() -> None:
     bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)  # 64 MiB inside ~64 KiB
     sent = []
