@@ -24,6 +24,7 @@ from pydantic import (
 from aggregator.errors import ConfigError, ConfigProblem
 from aggregator.models import (
     DEFAULT_HOST,
+    DEFAULT_MAX_ENTRIES,
     DEFAULT_MAX_FEED_BYTES,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_ITEMS,
@@ -113,6 +114,7 @@ class _ConfigSchema(BaseModel):
     image_proxy: str | None = None
     user_agent: str | None = None
     max_feed_bytes: int = Field(DEFAULT_MAX_FEED_BYTES, ge=1024)
+    max_entries: int = Field(DEFAULT_MAX_ENTRIES, ge=1)
     interval: Duration = DEFAULT_INTERVAL
     serve: _ServeSchema = _ServeSchema()
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1, le=256)
@@ -179,6 +181,7 @@ def load_config(path: Path) -> Config:
         image_proxy=schema.image_proxy,
         user_agent=schema.user_agent,
         max_feed_bytes=schema.max_feed_bytes,
+        max_entries=schema.max_entries,
         interval=schema.interval,
         host=schema.serve.host,
         port=schema.serve.port,
@@ -220,7 +223,11 @@ def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
     except UnicodeDecodeError as e:
         raise fail("not UTF-8 text", raw[: e.start].count(b"\n") + 1) from None
 
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow
+        line = text[: e.position].count("\n") + 1
+        raise fail(f"invalid YAML: {e.reason} (character {e.character!r})", line) from None
     try:
         node = loader.get_single_node()
         if node is None:
