@@ -16,6 +16,7 @@ DEFAULT_MAX_ITEMS = 100
 DEFAULT_MAX_FEED_BYTES = 10 * 1024 * 1024
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_PER_HOST = 16, 2
+DEFAULT_MAX_ENTRIES = 1000
 
 
 def format_time(moment: datetime) -> str:
@@ -69,6 +70,7 @@ class Config:
     image_proxy: str | None = None
     user_agent: str | None = None
     max_feed_bytes: int = DEFAULT_MAX_FEED_BYTES
+    max_entries: int = DEFAULT_MAX_ENTRIES  # entries of one feed considered per poll
     interval: int = DEFAULT_INTERVAL
     host: str = DEFAULT_HOST  # where the daemon serves the merged feed
     port: int = DEFAULT_PORT

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from aggregator.archive import Archive
-from aggregator.errors import AggregatorError, FeedError, FetchError
+from aggregator.errors import AggregatorError, FeedError, FetchError, ParseError
 from aggregator.fetch import FetchSettings, default_user_agent, fetch_feed, make_client
-from aggregator.models import Config, FeedSource, NotModified, ParsedFeed, Post, Validators
+from aggregator.models import Config, Entry, FeedSource, NotModified, ParsedFeed, Post, Validators
 from aggregator.parse import parse_feed
 from aggregator.process import item_source, key_for, make_post
 from aggregator.publish import outputs_missing, publish
@@ -109,6 +109,9 @@ class Poller:
         self.clock = clock
         self.settings = fetch_settings(config)
         self.limits = limits or Limits(config.max_in_flight, config.max_in_flight_per_host)
+        # One parse at a time: threads do not parse faster under the GIL, they only
+        # hold more big documents in memory at once.
+        self.parsing = asyncio.Semaphore(1)
 
     async def poll_feed(self, source: FeedSource) -> FeedResult:
         """Fetch, parse, process and archive one feed; never raises."""
@@ -164,9 +167,13 @@ class Poller:
             return FeedResult(
                 source.url, name, UNCHANGED, status=304, hint=hint, fetch_seconds=fetch_seconds
             )
-        parsed = await asyncio.to_thread(
-            parse_feed, fetched.content, fetched.final_url, fetched.content_type
-        )
+        try:
+            async with self.parsing:
+                parsed = await asyncio.to_thread(
+                    parse_feed, fetched.content, fetched.final_url, fetched.content_type
+                )
+        except ParseError as e:
+            return FeedResult(source.url, name, ERROR, error=e.reason, status=fetched.status)
         if parsed.warning:
             log.warning("feed=%s url=%s %s", name, source.url, parsed.warning)
         if fetched.moved_to:
@@ -214,7 +221,13 @@ class Poller:
 
     def _new_posts(self, source: FeedSource, parsed: ParsedFeed, name: str) -> list[Post]:
         """Posts for the entries whose key is not archived yet, oldest entry first."""
-        keyed = [(key_for(item_source(e)), e) for e in reversed(parsed.entries)]
+        entries = _newest(parsed.entries, self.config.max_entries)
+        if len(entries) < len(parsed.entries):
+            log.warning(
+                "feed=%s url=%s has %d entries; considering the newest %d (max_entries)",
+                name, source.url, len(parsed.entries), len(entries),
+            )  # fmt: skip
+        keyed = [(key_for(item_source(e)), e) for e in reversed(entries)]
         known = self.archive.state.known_keys(k for k, _ in keyed)
         site = parsed.link or source.url
         posts, seen = [], set(known)
@@ -234,6 +247,24 @@ class Poller:
                 )
             )
         return posts
+
+
+def _newest(entries: tuple[Entry, ...], limit: int) -> tuple[Entry, ...]:
+    """At most ``limit`` entries: the newest dated ones first, then undated ones, in order."""
+    if len(entries) <= limit:
+        return entries
+    order = sorted(
+        range(len(entries)),
+        key=lambda i: (
+            entries[i].published is None,
+            -(entries[i].published or _EPOCH).timestamp(),
+            i,
+        ),
+    )
+    return tuple(entries[i] for i in sorted(order[:limit]))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _host(url: str) -> str:

@@ -154,6 +154,24 @@ def test_one_bad_feed_never_stops_the_others(tmp_path: Path, farm: Farm, clock: 
         assert record and record.last_outcome == ERROR and record.http_status == 404
 
 
+def test_a_huge_feed_is_cut_to_its_newest_max_entries(
+    tmp_path: Path, farm: Farm, clock: StepClock
+) -> None:
+    entries = [
+        {
+            "title": f"n{i}",
+            "link": f"https://ex.com/{i}",
+            "pubDate": f"{1 + i % 28:02d} Jan 20{10 + i // 28:02d} 00:00:00 GMT",
+        }
+        for i in range(100)
+    ]
+    entries.insert(50, {"title": "undated", "link": "https://ex.com/undated"})
+    cfg = setup(tmp_path, farm, {"/big": rss(entries)}, max_entries=10)
+    result = run_pass(cfg, clock=clock)
+    assert result.new == 10
+    assert archived_keys(cfg) == sorted(f"https://ex.com/{i}" for i in range(90, 100))
+
+
 def test_feed_names_and_tags_reach_the_posts(tmp_path: Path, farm: Farm, clock: StepClock) -> None:
     farm.routes["/a"] = Answer(200, rss(items("1"), title="Own Title"), RSS)
     farm.routes["/b"] = Answer(200, rss(items("2"), title="Ignored"), RSS)
