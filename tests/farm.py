@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import BinaryIO
 
 
 @dataclass
@@ -25,12 +27,23 @@ class Request:
 Handler = Callable[[Request], Answer]
 
 
+@dataclass
+class Raw:
+    """A route that writes its own bytes to the socket (for misbehaving servers).
+
+    ``write(wfile, stopping)`` must return once ``stopping`` is set or the client leaves.
+    """
+
+    write: Callable[[BinaryIO, threading.Event], None]
+
+
 class Farm:
     """Serves ``routes`` on 127.0.0.1 and records every request."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.routes: dict[str, Answer | Handler] = {}
+        self.routes: dict[str, Answer | Handler | Raw] = {}
         self.requests: list[Request] = []
+        self.stopping = threading.Event()
         self._lock = threading.Lock()
         farm = self
 
@@ -42,6 +55,11 @@ class Farm:
                 with farm._lock:
                     farm.requests.append(request)
                 route = farm.routes.get(self.path.split("?")[0])
+                if isinstance(route, Raw):
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):  # the client gave up, as it should
+                        route.write(self.wfile, farm.stopping)
+                    return
                 if route is None:
                     answer = Answer(404, b"not found")
                 elif callable(route):
@@ -80,6 +98,7 @@ class Farm:
         try:
             yield self
         finally:
+            self.stopping.set()
             self.server.shutdown()
             self.server.server_close()
             thread.join()
