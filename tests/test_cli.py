@@ -26,7 +26,7 @@ def aggregator(
 def test_help(command: str | None) -> None:
     run = aggregator(*([command] if command else []), "--help")
     assert run.returncode == 0, run.stderr
-    assert "Usage:" in run.stdout
+    assert run.stdout.startswith("usage: aggregator")
     if command is None:
         for name in COMMANDS:
             assert name in run.stdout

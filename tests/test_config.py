@@ -95,11 +95,11 @@ def test_every_problem_is_reported_with_file_line_and_key_path(tmp_path: Path) -
     found = problems(path)
     assert found == [
         f"{path}:2: colour: unknown key (allowed: title, link, description, archive, max_items,"
-        " image_proxy, user_agent, max_feed_bytes, max_entries, interval, serve, max_in_flight,"
+        " image_proxy, user_agent, max_feed_bytes, max_entries, workers, interval, serve, max_in_flight,"
         " max_in_flight_per_host, feeds)",
-        f"{path}:3: max_items: Input should be a valid integer, got str 'lots'",
+        f"{path}:3: max_items: must be an integer, got str 'lots'",
         f"{path}:6: feeds[1].url: must be an http:// or https:// URL, not 'ftp://b.example/feed'",
-        f"{path}:8: feeds[2].name: Input should be a valid string, got int 42",
+        f"{path}:8: feeds[2].name: must be a string, got int 42",
         f"{path}:9: feeds[2].tgas: unknown key (allowed: url, name, tags, interval)",
         f"{path}:10: feeds[3].url: is required",
     ]
@@ -119,22 +119,18 @@ def test_duplicate_feed_urls(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (
-            "feeds:\n  - url: [unclosed\n",
-            ":3: invalid YAML: while parsing a flow sequence"
-            " expected ',' or ']', but got '<stream end>' (the construct opened at line 2)",
-        ),
+        ("feeds:\n  - url: [unclosed\n", ":3: invalid YAML: while parsing a flow sequence"),
         ("title: a\ntitle: b\nfeeds: []\n", ":2: title: duplicate key (first at line 1)"),
         ("", ": file is empty"),
         ("# only a comment\n", ": file is empty"),
         ("- a\n- b\n", ":1: the top level must be a mapping"),
         ("title: x\n", ":1: feeds: is required"),
-        ("feeds:\n", ":1: feeds: Input should be a valid list, got NoneType None"),
+        ("feeds:\n", ":1: feeds: must be a list, got an empty value"),
         ("feeds: []\nlink: ftp://x/\n", ":2: link: must be an http:// or https:// URL"),
         ("feeds: []\nimage_proxy: https://p.example/\n", ":2: image_proxy: must contain {url}"),
         ('feeds: []\nuser_agent: "a\\nb"\n', ":2: user_agent: must be printable ASCII"),
-        ("feeds: []\nmax_items: 0\n", ":2: max_items: Input should be greater than or equal to 1"),
-        ("feeds: []\nmax_items: true\n", ":2: max_items: Input should be a valid integer"),
+        ("feeds: []\nmax_items: 0\n", ":2: max_items: must be at least 1"),
+        ("feeds: []\nmax_items: true\n", ":2: max_items: must be an integer, got bool True"),
         (
             "feeds:\n  - url: https://a.example/\n    tags: [ok, '']\n",
             ":3: feeds[0].tags[1]: must not be empty",
@@ -150,7 +146,7 @@ def test_duplicate_feed_urls(tmp_path: Path) -> None:
         ),
         (
             "feeds: []\nserve:\n  port: 70000\n",
-            ":3: serve.port: Input should be less than or equal to 65535",
+            ":3: serve.port: must be at most 65535",
         ),
         ("feeds: []\nserve:\n  hots: x\n", ":3: serve.hots: unknown key (allowed: host, port)"),
     ],
@@ -158,6 +154,14 @@ def test_duplicate_feed_urls(tmp_path: Path) -> None:
 def test_invalid_files(tmp_path: Path, text: str, expected: str) -> None:
     found = problems(write(tmp_path, text))
     assert any(p.startswith(str(tmp_path / "feeds.yaml") + expected) for p in found), found
+
+
+def test_yaml_errors_say_where_the_construct_began(tmp_path: Path) -> None:
+    (found,) = problems(write(tmp_path, "feeds:\n  - url: [unclosed\n"))
+    assert found.startswith(
+        f"{tmp_path / 'feeds.yaml'}:3: invalid YAML: while parsing a flow sequence"
+    )
+    assert found.endswith("(the construct opened at line 2)")
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
