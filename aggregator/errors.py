@@ -39,6 +39,10 @@ class FeedError(AggregatorError):
         self.reason = reason
         super().__init__(f"{url}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Rebuilt from (url, reason) when it crosses a process boundary."""
+        return type(self), (self.url, self.reason)
+
 
 class FetchError(FeedError):
     """The feed could not be downloaded (network, HTTP status, size, redirects)."""

@@ -71,6 +71,7 @@ class Config:
     user_agent: str | None = None
     max_feed_bytes: int = DEFAULT_MAX_FEED_BYTES
     max_entries: int = DEFAULT_MAX_ENTRIES  # entries of one feed considered per poll
+    workers: int = 1  # processes that parse; 0: parse in the main process
     interval: int = DEFAULT_INTERVAL
     host: str = DEFAULT_HOST  # where the daemon serves the merged feed
     port: int = DEFAULT_PORT
@@ -135,6 +136,7 @@ class ParsedFeed:
     entries: tuple[Entry, ...]
     warning: str | None = None  # set when the feed was ill-formed but usable
     ttl: int | None = None  # RSS <ttl>, minutes
+    total_entries: int = 0  # in the document; ``entries`` may keep only the newest
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,15 +19,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from aggregator.archive import Archive
+from aggregator.archive import Archive, outputs_missing
 from aggregator.errors import AggregatorError, FeedError, FetchError, ParseError
 from aggregator.fetch import FetchSettings, default_user_agent, fetch_feed, make_client
-from aggregator.models import Config, Entry, FeedSource, NotModified, ParsedFeed, Post, Validators
-from aggregator.parse import parse_feed
-from aggregator.process import item_source, key_for, make_post
-from aggregator.publish import outputs_missing, publish
+from aggregator.models import Config, FeedSource, NotModified, Validators
 from aggregator.state import FeedRecord
 from aggregator.timing import cache_hint, retry_after
+from aggregator.workers import Job, Workers
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +107,13 @@ class Poller:
         self.clock = clock
         self.settings = fetch_settings(config)
         self.limits = limits or Limits(config.max_in_flight, config.max_in_flight_per_host)
-        # One parse at a time: threads do not parse faster under the GIL, they only
-        # hold more big documents in memory at once.
-        self.parsing = asyncio.Semaphore(1)
+        self.workers = Workers(config.workers)
+        # Parses queued at once: enough to keep every worker busy, few enough that big
+        # documents do not pile up in memory.
+        self.parsing = asyncio.Semaphore(max(1, config.workers))
+
+    def close(self) -> None:
+        self.workers.close()
 
     async def poll_feed(self, source: FeedSource) -> FeedResult:
         """Fetch, parse, process and archive one feed; never raises."""
@@ -167,27 +169,43 @@ class Poller:
             return FeedResult(
                 source.url, name, UNCHANGED, status=304, hint=hint, fetch_seconds=fetch_seconds
             )
+        job = Job(
+            content=fetched.content,
+            url=fetched.final_url,
+            content_type=fetched.content_type,
+            feed_url=source.url,
+            name=source.name,
+            fallback_name=name,
+            tags=source.tags,
+            archived=self.clock(),
+            image_proxy=self.config.image_proxy,
+            max_entries=self.config.max_entries,
+        )
         try:
             async with self.parsing:
-                parsed = await asyncio.to_thread(
-                    parse_feed, fetched.content, fetched.final_url, fetched.content_type
-                )
+                prepared = await self.workers.prepare(job)
         except ParseError as e:
             return FeedResult(source.url, name, ERROR, error=e.reason, status=fetched.status)
-        if parsed.warning:
-            log.warning("feed=%s url=%s %s", name, source.url, parsed.warning)
+        name = prepared.name
+        if prepared.warning:
+            log.warning("feed=%s url=%s %s", name, source.url, prepared.warning)
+        if prepared.entries > len(prepared.posts):
+            log.warning(
+                "feed=%s url=%s has %d entries; considering the newest %d (max_entries)",
+                name, source.url, prepared.entries, len(prepared.posts),
+            )  # fmt: skip
         if fetched.moved_to:
             self._moved(source, fetched.moved_to)
-        name = source.name or parsed.title or name
-        written = self.archive.store(self._new_posts(source, parsed, name))
+        written = self.archive.store(prepared.posts)
         outcome = NEW if written else UNCHANGED
         state.record_poll(
             source.url, when=self.clock(), outcome=outcome, http_status=fetched.status,
             name=name, validators=fetched.validators,
         )  # fmt: skip
+        hint = cache_hint(fetched.headers, prepared.ttl, self.clock())
         return FeedResult(
-            source.url, name, outcome, len(written), status=fetched.status,
-            hint=cache_hint(fetched.headers, parsed.ttl, self.clock()), fetch_seconds=fetch_seconds,
+            source.url, name, outcome, len(written), status=fetched.status, hint=hint,
+            fetch_seconds=fetch_seconds,
         )  # fmt: skip
 
     def _moved(self, source: FeedSource, new_url: str) -> None:
@@ -219,53 +237,6 @@ class Poller:
             source.url, name, ERROR, error=reason, status=status, hint=hint, gone=gone
         )
 
-    def _new_posts(self, source: FeedSource, parsed: ParsedFeed, name: str) -> list[Post]:
-        """Posts for the entries whose key is not archived yet, oldest entry first."""
-        entries = _newest(parsed.entries, self.config.max_entries)
-        if len(entries) < len(parsed.entries):
-            log.warning(
-                "feed=%s url=%s has %d entries; considering the newest %d (max_entries)",
-                name, source.url, len(parsed.entries), len(entries),
-            )  # fmt: skip
-        keyed = [(key_for(item_source(e)), e) for e in reversed(entries)]
-        known = self.archive.state.known_keys(k for k, _ in keyed)
-        site = parsed.link or source.url
-        posts, seen = [], set(known)
-        for key, entry in keyed:
-            if key in seen:
-                continue
-            seen.add(key)
-            posts.append(
-                make_post(
-                    entry,
-                    feed_url=source.url,
-                    name=name,
-                    tags=source.tags,
-                    archived=self.clock(),
-                    site_link=site,
-                    image_proxy=self.config.image_proxy,
-                )
-            )
-        return posts
-
-
-def _newest(entries: tuple[Entry, ...], limit: int) -> tuple[Entry, ...]:
-    """At most ``limit`` entries: the newest dated ones first, then undated ones, in order."""
-    if len(entries) <= limit:
-        return entries
-    order = sorted(
-        range(len(entries)),
-        key=lambda i: (
-            entries[i].published is None,
-            -(entries[i].published or _EPOCH).timestamp(),
-            i,
-        ),
-    )
-    return tuple(entries[i] for i in sorted(order[:limit]))
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 
 def _host(url: str) -> str:
     return urlsplit(url).hostname or url
@@ -292,9 +263,14 @@ async def poll_all(
                 on_result(result)
             return result
 
-        results = await asyncio.gather(*(one(s) for s in config.feeds))
+        try:
+            results = await asyncio.gather(*(one(s) for s in config.feeds))
+        finally:
+            poller.close()
     published = False
     if any(r.new for r in results) or outputs_missing(archive.root):
+        from aggregator.publish import publish  # noqa: PLC0415 -- not needed on a warm pass
+
         publish(config, archive, clock())
         published = True
     return PassResult(tuple(results), published)

@@ -21,14 +21,14 @@ import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
-from aggregator.archive import Archive, lock_archive
+from aggregator.archive import Archive, lock_archive, outputs_missing
 from aggregator.config import load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import make_client
 from aggregator.metrics import Metrics
 from aggregator.models import Config, FeedSource
 from aggregator.pipeline import Clock, FeedResult, Limits, Poller, fetch_settings, utc_now
-from aggregator.publish import outputs_missing, publish
+from aggregator.publish import publish
 from aggregator.serve import Site, bind, make_server
 from aggregator.state import State
 from aggregator.timing import next_delay, spread
@@ -143,9 +143,11 @@ class Daemon:
                 )  # fmt: skip
                 await self._stopping.wait()
                 log.info("stopping: no new polls; waiting for %d in flight", len(self._in_flight))
-                self.scheduler.shutdown(wait=False)
+                self.scheduler.pause()  # shutdown() would cancel the polls in flight
                 watcher.cancel()
                 await self._drain()
+                self.scheduler.shutdown(wait=False)
+                self.poller.close()
                 if self._dirty:
                     self._publish()
                 server.should_exit = True

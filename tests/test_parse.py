@@ -4,6 +4,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aggregator.errors import ParseError
 from aggregator.parse import parse_feed
@@ -122,3 +124,219 @@ def test_control_characters_are_dropped() -> None:
     body = body.replace(b"a&amp;#1;b", b"a\x01b")
     feed = parse_feed(body, "http://ex.com/feed", "application/rss+xml")
     assert [e.title for e in feed.entries] == ["ab"]
+
+
+# The plain-XML path must read exactly what feedparser reads ---------------------------
+
+
+def _documents() -> list[tuple[str, bytes, str | None]]:
+    """(name, body, content type): feedparser's corpus, the sample, benchmark-like feeds."""
+    import re
+    import sys
+    import tarfile
+
+    docs: list[tuple[str, bytes, str | None]] = [
+        ("sample", (DATA / "seed-source.xml").read_bytes(), "application/rss+xml")
+    ]
+    with tarfile.open(DATA / "feedparser" / "corpus.tar.gz") as tar:
+        for member in tar.getmembers():
+            if member.isfile() and (f := tar.extractfile(member)):
+                body = f.read()
+                match = re.search(
+                    rb"^Header:\s*Content-type:\s*(.*?)\s*$", body[:2000], re.M | re.I
+                )
+                docs.append(
+                    (member.name, body, match.group(1).decode() if match else "application/xml")
+                )
+    sys.path.insert(0, str(DATA.parents[1] / "bench"))
+    try:
+        from farm import Feed  # the benchmark's realistic RSS and Atom feeds
+
+        for i in range(6):
+            docs.append((f"bench-{i}", Feed(i, 12, "http://127.0.0.1:1").body, "application/xml"))
+    finally:
+        sys.path.pop(0)
+    return docs
+
+
+def test_the_plain_xml_path_reads_what_feedparser_reads() -> None:
+    from aggregator.parse import read_plain_xml
+
+    url = "http://example.com/feeds/feed.xml"
+    plain = 0
+    for name, body, content_type in _documents():
+        if read_plain_xml(body, url, content_type) is None:
+            continue
+        plain += 1
+        fast = parse_feed(body, url, content_type)
+        slow = parse_feed(body, url, content_type, plain_xml=False)
+        assert fast == slow, name
+    assert plain >= 150, f"only {plain} documents took the plain path"  # it is really used
+
+
+def test_the_plain_xml_path_refuses_what_it_does_not_know() -> None:
+    from aggregator.parse import read_plain_xml
+
+    url = "http://example.com/feed"
+    ok = rss([{"title": "t", "link": "http://e.com/1"}])
+    assert read_plain_xml(ok, url, "application/rss+xml") is not None
+    refused = {
+        "doctype": ok.replace(b"<rss", b'<!DOCTYPE rss [<!ENTITY x "y">]><rss', 1),
+        "xml:base": ok.replace(b"<channel>", b'<channel xml:base="http://other/">'),
+        "latin-1": ok.replace(b"UTF-8", b"ISO-8859-1"),
+        "unknown element": ok.replace(
+            b"</item>",
+            b"<media:title xmlns:media='http://search.yahoo.com/mrss/'>x</media:title></item>",
+        ),
+        "markup in a title": ok.replace(b"<title>t</title>", b"<title>a <b>b</b></title>"),
+        "rss 0.91": ok.replace(b'version="2.0"', b'version="0.91"'),
+        "ill-formed": ok[:-10],
+    }
+    for name, body in refused.items():
+        assert read_plain_xml(body, url, "application/rss+xml") is None, name
+    assert (
+        read_plain_xml(ok, url, "text/xml") is None
+    )  # RFC 3023: us-ascii unless a charset says so
+    assert read_plain_xml(ok, url, "text/xml; charset=utf-8") is not None
+    assert read_plain_xml(ok, url, "application/rss+xml; charset=iso-8859-1") is None
+
+
+_PIECES = [
+    *"abc XYZ 123 &<>\"'#;:/?=.-_\t\n",
+    "é",
+    "中",
+    "\u00a0",
+    "€",
+    "\x85",
+    "Ã©",
+    "&amp;",
+    "&lt;b&gt;",
+    "</b>",
+    "<p>",
+    "&#233;",
+]
+_TEXT = st.lists(st.sampled_from(_PIECES), max_size=20).map("".join)
+_URLS = st.sampled_from(
+    [
+        "",
+        "/a/b?x=1&y=2",
+        "rel/path",
+        "http://Ex.com/x",
+        "https://e.com/a#f",
+        "  spaced  ",
+        "urn:uuid:1",
+        "tag:e.com,2020:1",
+        "?q=1",
+        "javascript:x",
+        "http://e.com/a&amp;b",
+    ]
+)
+_DATES = st.sampled_from(
+    [
+        "",
+        "Wed, 01 May 2024 10:00:00 GMT",
+        "2024-05-01T10:00:00Z",
+        "2024-05-01",
+        "Tue, 31 Dec 9999 23:59:59 +0000",
+        "garbage",
+        "01 May 2024 10:00 +0200",
+        "2024-05-01T10:00:00.123+05:30",
+    ]
+)
+
+
+@st.composite
+def _rss_documents(draw: st.DrawFn) -> bytes:
+    from xml.sax.saxutils import escape, quoteattr
+
+    parts = [f"<title>{escape(draw(_TEXT))}</title>", f"<link>{escape(draw(_URLS))}</link>"]
+    for _ in range(draw(st.integers(0, 4))):
+        fields = []
+        kinds = [
+            "title",
+            "link",
+            "guid",
+            "guid-false",
+            "description",
+            "pubDate",
+            "content",
+            "dcdate",
+            "category",
+        ]
+        for tag in draw(st.lists(st.sampled_from(kinds), max_size=7)):
+            if tag == "title":
+                fields.append(f"<title>{escape(draw(_TEXT))}</title>")
+            elif tag == "link":
+                fields.append(f"<link>{escape(draw(_URLS))}</link>")
+            elif tag == "guid":
+                fields.append(f"<guid>{escape(draw(_URLS))}</guid>")
+            elif tag == "guid-false":
+                fields.append(f'<guid isPermaLink="false">{escape(draw(_URLS))}</guid>')
+            elif tag == "description":
+                fields.append(f"<description>{escape(draw(_TEXT))}</description>")
+            elif tag == "content":
+                fields.append(
+                    f"<content:encoded><![CDATA[{draw(_TEXT).replace(']]>', '')}]]></content:encoded>"
+                )
+            elif tag == "pubDate":
+                fields.append(f"<pubDate>{draw(_DATES)}</pubDate>")
+            elif tag == "dcdate":
+                fields.append(f"<dc:date>{draw(_DATES)}</dc:date>")
+            else:
+                fields.append(
+                    f"<category domain={quoteattr(draw(_URLS))}>{escape(draw(_TEXT))}</category>"
+                )
+        parts.append("<item>" + "".join(fields) + "</item>")
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><rss version="2.0" xmlns:content="http://purl.org/rss/1.0/modules/content/"'
+        ' xmlns:dc="http://purl.org/dc/elements/1.1/"><channel>'
+        + "".join(parts)
+        + "</channel></rss>"
+    ).encode()
+
+
+@st.composite
+def _atom_documents(draw: st.DrawFn) -> bytes:
+    from xml.sax.saxutils import escape, quoteattr
+
+    def text(tag: str) -> str:
+        kind = draw(st.sampled_from(["", ' type="text"', ' type="html"']))
+        return f"<{tag}{kind}>{escape(draw(_TEXT))}</{tag}>"
+
+    def link() -> str:
+        rel = draw(st.sampled_from(["", ' rel="alternate"', ' rel="self"', ' rel="enclosure"']))
+        kind = draw(st.sampled_from(["", ' type="text/html"', ' type="application/atom+xml"']))
+        return f"<link{rel}{kind} href={quoteattr(draw(_URLS))}/>"
+
+    parts = [text("title"), link(), f"<id>{escape(draw(_URLS))}</id>"]
+    for _ in range(draw(st.integers(0, 4))):
+        pieces = {
+            "title": lambda: text("title"),
+            "link": link,
+            "id": lambda: f"<id>{escape(draw(_URLS))}</id>",
+            "updated": lambda: f"<updated>{draw(_DATES)}</updated>",
+            "published": lambda: f"<published>{draw(_DATES)}</published>",
+            "content": lambda: text("content"),
+            "summary": lambda: text("summary"),
+            "author": lambda: f"<author><name>{escape(draw(_TEXT))}</name></author>",
+        }
+        order = draw(st.lists(st.sampled_from(list(pieces)), max_size=8))
+        parts.append("<entry>" + "".join(pieces[p]() for p in order) + "</entry>")
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+        + "".join(parts)
+        + "</feed>"
+    ).encode()
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.one_of(_rss_documents(), _atom_documents()))
+def test_both_paths_agree_on_generated_documents(body: bytes) -> None:
+    from aggregator.parse import read_plain_xml
+
+    url = "http://example.com/feeds/feed.xml"
+    if read_plain_xml(body, url, "application/xml") is None:
+        return
+    assert parse_feed(body, url, "application/xml") == parse_feed(
+        body, url, "application/xml", plain_xml=False
+    )

@@ -1,0 +1,104 @@
+"""The CPU-heavy half of a poll — parse, sanitize, render — on every core.
+
+A :class:`Job` is a fetched body plus what its posts need from the config; the result is
+the feed's metadata and one rendered :class:`~aggregator.models.Post` per entry
+considered (the newest ``max_entries``), oldest first. The main process then only
+dedupes and writes. Jobs run in a pool of worker processes started by a forkserver with
+the parsing modules preloaded, or in a thread when ``workers: 0``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import datetime
+
+from aggregator.errors import ParseError
+from aggregator.models import Post
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    content: bytes
+    url: str  # where the body came from, after redirects
+    content_type: str | None
+    feed_url: str  # the feed as feeds.yaml names it
+    name: str | None  # the name feeds.yaml gives it
+    fallback_name: str  # used when neither feeds.yaml nor the feed names it
+    tags: tuple[str, ...]
+    archived: datetime
+    image_proxy: str | None
+    max_entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    name: str  # the source name the posts carry
+    warning: str | None  # the feed was ill-formed but readable
+    ttl: int | None  # RSS <ttl>, minutes
+    entries: int  # entries in the document
+    posts: tuple[Post, ...]  # the considered entries, oldest first
+
+
+def prepare(job: Job) -> Prepared:
+    """Parse ``job.content`` and render a post for each entry considered."""
+    from aggregator.parse import parse_feed  # noqa: PLC0415 -- only workers need these
+    from aggregator.process import make_post  # noqa: PLC0415
+
+    parsed = parse_feed(job.content, job.url, job.content_type, max_entries=job.max_entries)
+    name = job.name or parsed.title or job.fallback_name
+    site = parsed.link or job.feed_url
+    posts = tuple(
+        make_post(
+            entry,
+            feed_url=job.feed_url,
+            name=name,
+            tags=job.tags,
+            archived=job.archived,
+            site_link=site,
+            image_proxy=job.image_proxy,
+        )
+        for entry in reversed(parsed.entries)
+    )
+    return Prepared(name, parsed.warning, parsed.ttl, parsed.total_entries, posts)
+
+
+class Workers:
+    """Runs :func:`prepare` in ``count`` processes (started on first use), or in a thread."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._pool: Executor | None = None
+
+    def _start(self) -> Executor:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["aggregator.parse", "aggregator.process"])
+        return ProcessPoolExecutor(self.count, mp_context=context)
+
+    async def prepare(self, job: Job) -> Prepared:
+        if self.count == 0:
+            return await asyncio.to_thread(prepare, job)
+        if self._pool is None:
+            self._pool = self._start()
+        pool = self._pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, prepare, job)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory) on this feed or a neighbour: start afresh.
+            if self._pool is pool:
+                self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise ParseError(
+                job.feed_url, "the parser process died on this feed (out of memory?)"
+            ) from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
