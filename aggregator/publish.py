@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,14 @@ from xml.etree import ElementTree as ET
 from feedgen.feed import FeedGenerator
 
 from aggregator import __version__
-from aggregator.archive import Archive, StoredPost, write_file_atomic
+from aggregator.archive import (
+    ATOM_FILE,
+    JSON_FILE,
+    RSS_FILE,
+    Archive,
+    StoredPost,
+    write_file_atomic,
+)
 from aggregator.errors import ArchiveError
 from aggregator.models import Config, sort_date
 from aggregator.sanitize import html_to_text, xml_safe
@@ -26,8 +34,6 @@ from aggregator.urls import is_http_url
 
 log = logging.getLogger(__name__)
 
-RSS_FILE, ATOM_FILE, JSON_FILE = "feed.xml", "atom.xml", "feed.json"
-FEED_FILES = (RSS_FILE, ATOM_FILE, JSON_FILE)
 SUMMARY_CHARS = 300
 
 
@@ -48,10 +54,6 @@ class _Item:
     feed_url: str | None
 
 
-def outputs_missing(root: Path) -> bool:
-    return not all((root / name).is_file() for name in FEED_FILES)
-
-
 def site_base(link: str) -> str:
     """The site URL with a trailing slash, so that file names join under it."""
     return link if link.endswith("/") else link + "/"
@@ -61,17 +63,17 @@ def publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
     """Write feed.xml, atom.xml and feed.json; return their paths."""
     items = _load_items(archive, config.max_items)
     base = site_base(config.link)
-    outputs = {
-        RSS_FILE: _build_xml(config, items, now, base + RSS_FILE, atom=False),
-        ATOM_FILE: _build_xml(config, items, now, base + ATOM_FILE, atom=True),
-        JSON_FILE: _build_json(config, items, base + JSON_FILE),
+    builders: dict[str, Callable[[], bytes]] = {
+        RSS_FILE: lambda: _build_xml(config, items, now, base + RSS_FILE, atom=False),
+        ATOM_FILE: lambda: _build_xml(config, items, now, base + ATOM_FILE, atom=True),
+        JSON_FILE: lambda: _build_json(config, items, base + JSON_FILE),
     }
     paths = []
-    for name, data in outputs.items():
+    for name, build in builders.items():  # one at a time: big items are not held thrice
         path = archive.root / name
-        write_file_atomic(path, data)
+        write_file_atomic(path, build())
         paths.append(path)
-    log.info("published items=%d files=%s", len(items), ",".join(outputs))
+    log.info("published items=%d files=%s", len(items), ",".join(builders))
     return paths
 
 
@@ -89,7 +91,8 @@ def _load_items(archive: Archive, limit: int) -> list[_Item]:
 
 def _item(post: StoredPost, key: str, feed_url: str | None) -> _Item:
     content = xml_safe(post.content)
-    text = " ".join(html_to_text(content).split())
+    # The summary needs the start of the text only; a 10 MB item is not stripped whole.
+    text = " ".join(html_to_text(content[: SUMMARY_CHARS * 20]).split())
     if len(text) > SUMMARY_CHARS:
         text = text[: SUMMARY_CHARS - 1].rstrip() + "…"
     source = xml_safe(post.source)

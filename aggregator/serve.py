@@ -28,10 +28,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from aggregator import __version__
+from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE
 from aggregator.errors import AggregatorError
 from aggregator.metrics import CONTENT_TYPE, Metrics
 from aggregator.models import Config
-from aggregator.publish import ATOM_FILE, JSON_FILE, RSS_FILE, build_opml
+from aggregator.publish import build_opml
 from aggregator.state import State
 from aggregator.urls import is_http_url
 

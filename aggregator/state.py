@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS items (
     pending    INTEGER NOT NULL DEFAULT 0  -- 1 while the post file is being written
 );
 CREATE INDEX IF NOT EXISTS items_by_date ON items (sort_date DESC, key);
+CREATE INDEX IF NOT EXISTS items_pending ON items (pending) WHERE pending = 1;
 """
 _BATCH = 500  # keys per IN (...) query
 
@@ -118,7 +119,7 @@ class State:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # see reserve()
             self._db.execute("PRAGMA busy_timeout=10000")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -239,14 +240,29 @@ class State:
             found.update(r[0] for r in rows)
         return found
 
-    def path_taken(self, path: str) -> bool:
-        return (
-            self._db.execute("SELECT 1 FROM items WHERE path = ?", (path,)).fetchone() is not None
-        )
+    def paths_taken(self, paths: Iterable[str]) -> set[str]:
+        """The subset of ``paths`` already used by archived items."""
+        wanted = list(paths)
+        found: set[str] = set()
+        for i in range(0, len(wanted), _BATCH):
+            chunk = wanted[i : i + _BATCH]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT path FROM items WHERE path IN ({marks})", chunk)  # noqa: S608
+            found.update(r[0] for r in rows)
+        return found
 
     def reserve(self, posts: Iterable[Post]) -> None:
-        """Record posts as pending, before their files are written."""
-        self._write(_INSERT_ITEM, (_item_row(p, pending=True) for p in posts))
+        """Record posts as pending, before their files are written; durable on return.
+
+        Other commits may be lost by a power cut (never by a crash): at worst a poll's
+        outcome, or a post left pending, which recovery settles. This one must not be
+        lost, or a post written after it could be archived again.
+        """
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            self._write(_INSERT_ITEM, (_item_row(p, pending=True) for p in posts))
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
 
     def confirm(self, keys: Iterable[str]) -> None:
         """Mark items whose post file is in place."""

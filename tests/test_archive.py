@@ -98,9 +98,11 @@ def crash_on_call(n: int, real: Callable[..., object]) -> Callable[..., object]:
 
 
 STEPS = {
-    "after recording pending rows, before any file": ("write_file_atomic", 1),
-    "after the first post, before the second": ("write_file_atomic", 2),
-    "after a temp file is written, before its rename": ("os.replace", 1),
+    "after recording pending rows, before any file": ("Archive._write_temp", 1),
+    "after the first temp file, before the second": ("Archive._write_temp", 2),
+    "after the temp files, before making them durable": ("flush_files", 1),
+    "after making them durable, before the renames": ("os.replace", 1),
+    "after the first rename, before the second": ("os.replace", 2),
     "after the renames, before the folder fsync": ("fsync_dir", 1),
     "after the folder fsync, before marking done": ("State.confirm", 1),
 }
@@ -118,6 +120,8 @@ def test_a_kill_between_any_two_steps_loses_and_duplicates_nothing(
             m.setattr(archive_module.os, "replace", crash_on_call(n, os.replace))
         elif target == "State.confirm":
             m.setattr(State, "confirm", crash_on_call(n, State.confirm))
+        elif target == "Archive._write_temp":
+            m.setattr(Archive, "_write_temp", crash_on_call(n, Archive._write_temp))
         else:
             m.setattr(archive_module, target, crash_on_call(n, getattr(archive_module, target)))
         with pytest.raises(Crash):
@@ -134,27 +138,33 @@ def test_a_kill_between_any_two_steps_loses_and_duplicates_nothing(
     assert_consistent(tmp_path, {p.key for p in batch})
 
 
-def test_a_failed_write_keeps_what_is_on_disk(
+def test_a_failed_write_leaves_nothing_half_done(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A batch is renamed into place only once all its files are written and durable, so
+    a disk that fills up half-way leaves no post of the batch and no temp file: the
+    items stay new and the next poll archives them."""
     batch = posts(3)
-    real = archive_module.write_file_atomic
+    real = Archive._write_temp
     calls = []
 
-    def disk_full(path: Path, data: bytes) -> None:
-        calls.append(path)
+    def disk_full(self: Archive, post: object) -> None:
+        calls.append(post)
         if len(calls) == 2:
-            raise archive_module.ArchiveError(f"cannot write {path}: No space left on device")
-        real(path, data)
+            raise OSError(28, "No space left on device")
+        real(self, post)  # type: ignore[arg-type]
 
     with (
         Archive(tmp_path) as arc,
         pytest.raises(archive_module.ArchiveError, match="No space left"),
     ):
-        monkeypatch.setattr(archive_module, "write_file_atomic", disk_full)
+        monkeypatch.setattr(Archive, "_write_temp", disk_full)
         arc.store(batch)
     monkeypatch.undo()
-    assert_consistent(tmp_path, {batch[0].key})
+    assert_consistent(tmp_path, set())
+    with Archive(tmp_path) as arc:
+        assert len(arc.store(batch)) == 3
+    assert_consistent(tmp_path, {p.key for p in batch})
 
 
 def test_reindex_rebuilds_the_same_index(tmp_path: Path) -> None:
