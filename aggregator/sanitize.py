@@ -56,6 +56,11 @@ for _tag in _STYLED:
     ALLOWED_ATTRIBUTES.setdefault(_tag, set()).add("style")
 
 _URL_ATTRIBUTES = frozenset({"href", "src", "cite"})
+# An absolute http(s) URL with a plain ASCII host and nothing to resolve or refuse: the
+# common case, accepted without parsing (anything else takes the careful path).
+_PLAIN_HTTP_URL = re.compile(
+    r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#][^\x00-\x20\x7f\\]*)?"
+)
 _LINK_SCHEMES = ("mailto:",)
 
 _SAFE_STYLE_PROPERTIES = frozenset(
@@ -98,7 +103,7 @@ def _attribute_filter(base: str, image_proxy: str | None) -> Callable[[str, str,
             return value if _is_safe_style(value) else None
         if attribute not in _URL_ATTRIBUTES:
             return value
-        if tag == "a" and value.strip().lower().startswith(_LINK_SCHEMES):
+        if tag == "a" and value.lstrip()[:7].lower().startswith(_LINK_SCHEMES):
             return value.strip()
         url = resolve_url(value, base)
         if url is None:  # javascript:, data:, vbscript:, garbage ...

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 HTTP_SCHEMES = frozenset({"http", "https"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _TRACKING_PARAMS = frozenset({"fbclid", "gclid", "mc_cid", "mc_eid"})
+_SPACE = re.compile(r"\s")
 
 
 def _split_http(url: str) -> SplitResult | None:
@@ -18,14 +20,18 @@ def _split_http(url: str) -> SplitResult | None:
         return None
     if parts.scheme.lower() not in HTTP_SCHEMES or not parts.hostname:
         return None
-    if any(c.isspace() for c in parts.netloc):
+    if _SPACE.search(parts.netloc):
         return None
     return parts
 
 
+# The common shape, recognised without parsing: http(s), a plain ASCII host, no port.
+_PLAIN_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?:[/?#][^\x00-\x20\x7f\\]*)?")
+
+
 def is_http_url(url: str) -> bool:
     """True for an absolute http:// or https:// URL with a host."""
-    return _split_http(url) is not None
+    return _PLAIN_HTTP_URL.fullmatch(url) is not None or _split_http(url) is not None
 
 
 def resolve_url(url: str, base: str | None) -> str | None:
@@ -33,6 +39,8 @@ def resolve_url(url: str, base: str | None) -> str | None:
     url = url.strip()
     if not url:
         return None
+    if _PLAIN_HTTP_URL.fullmatch(url):
+        return url
     try:
         absolute = urljoin(base, url) if base else url
     except ValueError:
