@@ -4,12 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= feeds.yaml
 
-.PHONY: run poll test lint typecheck pytest clean
+.PHONY: run poll test lint typecheck pytest bench clean
 
-# The package and its runtime dependencies (reinstalled when pyproject.toml changes).
+# The package and its runtime dependencies (reinstalled when pyproject.toml changes),
+# byte-compiled once so that no command pays for it (pip does the same for installs).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	$(BIN)/python -m compileall -q aggregator
 	touch $@
 
 # Plus the test tools (pytest, hypothesis, ruff, mypy).
@@ -24,8 +26,8 @@ poll: $(VENV)/.installed  ## one pass over feeds.yaml, then exit
 	$(BIN)/aggregator poll -c $(CONFIG)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check aggregator tests
-	$(BIN)/ruff format --check aggregator tests
+	$(BIN)/ruff check aggregator tests bench
+	$(BIN)/ruff format --check aggregator tests bench
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy aggregator
@@ -34,6 +36,15 @@ pytest: $(VENV)/.installed-test
 	$(BIN)/pytest
 
 test: lint typecheck pytest  ## everything CI runs
+
+# The side-by-side benchmark (by hand, about 30 minutes): writes bench/RESULTS.md.
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m compileall -q aggregator
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
