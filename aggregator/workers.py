@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-from concurrent.futures import Executor, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -77,6 +75,9 @@ class Workers:
         self._pool: Executor | None = None
 
     def _start(self) -> Executor:
+        import multiprocessing  # noqa: PLC0415 -- not needed on a warm pass
+        from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["aggregator.parse", "aggregator.process"])
         return ProcessPoolExecutor(self.count, mp_context=context)
@@ -89,7 +90,7 @@ class Workers:
         pool = self._pool
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, prepare, job)
-        except BrokenProcessPool:
+        except BrokenExecutor:
             # A worker died (killed, out of memory) on this feed or a neighbour: start afresh.
             if self._pool is pool:
                 self._pool = None
