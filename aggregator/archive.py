@@ -116,15 +116,11 @@ def flush_files(root: Path, paths: list[Path]) -> None:
         finally:
             os.close(fd)
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable."""
+def fsync_path(path: Path) -> None:
+    """fsync a file by name, or a folder (which makes the renames in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -225,7 +221,7 @@ class Archive:
         for post, temp in zip(batch, temps, strict=True):
             os.replace(temp, self.root / post.path)
         for folder in {temp.parent for temp in temps}:
-            fsync_dir(folder)
+            fsync_path(folder)
 
     def _end(self, batch: list[Post]) -> list[Post]:
         """Step 6: the posts marked done."""
@@ -246,24 +242,30 @@ class Archive:
         """Posts whose key is not archived yet, first of each key; paths made unique."""
         candidates = list(posts)
         seen = self.state.known_keys(p.key for p in candidates)
-        from aggregator.process import post_path  # noqa: PLC0415 -- not needed on warm passes
-
-        fresh = [p for p in candidates if p.key not in seen and not seen.add(p.key)]  # type: ignore[func-returns-value]
+        fresh = []
+        for post in candidates:
+            if post.key not in seen:
+                seen.add(post.key)
+                fresh.append(post)
         taken = self.state.paths_taken(p.path for p in fresh)
-        batch: list[Post] = []
-        for post in fresh:
-            if post.path in taken or (self.root / post.path).exists():
-                longer = post_path(post.archived, post.title, post.key, hash_chars=16)
-                if (
-                    self.state.paths_taken([longer])
-                    or longer in taken
-                    or (self.root / longer).exists()
-                ):
-                    raise ArchiveError(f"{self.root / longer}: already exists for another item")
-                post = dataclasses.replace(post, path=longer)  # noqa: PLW2901
-            taken.add(post.path)
-            batch.append(post)
+        batch = [self._free_path(post, taken) for post in fresh]
         return batch
+
+    def _free_path(self, post: Post, taken: set[str]) -> Post:
+        """``post``, renamed with a longer hash if its file name is already used."""
+        if post.path in taken or os.path.exists(self.root / post.path):
+            from aggregator.process import post_path  # noqa: PLC0415 -- rarely needed
+
+            longer = post_path(post.archived, post.title, post.key, hash_chars=16)
+            if (
+                longer in taken
+                or self.state.paths_taken([longer])
+                or os.path.exists(self.root / longer)
+            ):
+                raise ArchiveError(f"{self.root / longer}: already exists for another item")
+            post = dataclasses.replace(post, path=longer)
+        taken.add(post.path)
+        return post
 
     # Reading -------------------------------------------------------------------------
 

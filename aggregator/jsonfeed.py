@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aggregator.errors import ParseError
-from aggregator.models import Entry, ParsedFeed
+from aggregator.models import Entry, ParsedFeed, newest
 from aggregator.sanitize import xml_safe
 from aggregator.urls import resolve_url
 
@@ -35,8 +35,6 @@ def parse_json_feed(content: bytes, url: str, max_entries: int | None = None) ->
     entries = [_json_entry(i, url) for i in items if isinstance(i, dict)]
     total = len(entries)
     if max_entries is not None and total > max_entries:
-        from aggregator.parse import newest  # noqa: PLC0415 -- parse imports this module
-
         entries = [entries[i] for i in newest([e.published for e in entries], max_entries)]
     return ParsedFeed(
         url=url,

@@ -41,6 +41,20 @@ def sort_date(published: datetime | None, archived: datetime) -> datetime:
     return archived if published is None or published > archived else published
 
 
+def newest(dates: list[datetime | None], limit: int) -> list[int]:
+    """Indexes of at most ``limit`` entries: the newest dated ones, then undated ones, in
+    document order. A feed that dumps 50,000 items must not flood the archive."""
+    if len(dates) <= limit:
+        return list(range(len(dates)))
+    order = sorted(
+        range(len(dates)), key=lambda i: (dates[i] is None, -(dates[i] or _EPOCH).timestamp(), i)
+    )
+    return sorted(order[:limit])
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class FeedSource:
     """One entry of ``feeds:`` in feeds.yaml."""

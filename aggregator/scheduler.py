@@ -273,8 +273,8 @@ class Daemon:
         if new.archive != old.archive:
             log.warning("archive moved to %s in feeds.yaml: restart to use it", new.archive)
             new = replace(new, archive=old.archive)
-        if (new.host, new.port) != (old.host, old.port):
-            log.warning("serve address changed in feeds.yaml: restart to use it")
+        if (new.host, new.port, new.workers) != (old.host, old.port, old.workers):
+            log.warning("serve address or workers changed in feeds.yaml: restart to use them")
         self.config = self.site.config = self.poller.config = new
         self._sources = {f.url: f for f in new.feeds}
         self.poller.settings = fetch_settings(new)

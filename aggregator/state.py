@@ -231,24 +231,20 @@ class State:
 
     def known_keys(self, keys: Iterable[str]) -> set[str]:
         """The subset of ``keys`` already archived (or being archived)."""
-        wanted = list(dict.fromkeys(keys))
-        found: set[str] = set()
-        for i in range(0, len(wanted), _BATCH):
-            chunk = wanted[i : i + _BATCH]
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(f"SELECT key FROM items WHERE key IN ({marks})", chunk)  # noqa: S608
-            found.update(r[0] for r in rows)
-        return found
+        return self._existing("key", keys)
 
     def paths_taken(self, paths: Iterable[str]) -> set[str]:
         """The subset of ``paths`` already used by archived items."""
-        wanted = list(paths)
+        return self._existing("path", paths)
+
+    def _existing(self, column: str, values: Iterable[str]) -> set[str]:
+        wanted = list(dict.fromkeys(values))
         found: set[str] = set()
         for i in range(0, len(wanted), _BATCH):
             chunk = wanted[i : i + _BATCH]
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(f"SELECT path FROM items WHERE path IN ({marks})", chunk)  # noqa: S608
-            found.update(r[0] for r in rows)
+            query = f"SELECT {column} FROM items WHERE {column} IN ({marks})"  # noqa: S608 -- fixed names
+            found.update(r[0] for r in self._db.execute(query, chunk))
         return found
 
     def reserve(self, posts: Iterable[Post]) -> None:

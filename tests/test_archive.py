@@ -103,7 +103,7 @@ STEPS = {
     "after the temp files, before making them durable": ("flush_files", 1),
     "after making them durable, before the renames": ("os.replace", 1),
     "after the first rename, before the second": ("os.replace", 2),
-    "after the renames, before the folder fsync": ("fsync_dir", 1),
+    "after the renames, before the folder fsync": ("fsync_path", 1),
     "after the folder fsync, before marking done": ("State.confirm", 1),
 }
 
