@@ -267,6 +267,114 @@ def reindex(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add(args: argparse.Namespace) -> int:
+    """Add a feed to feeds.yaml, keeping the file's comments and layout.
+
+    URL may be the feed itself or a web page that announces feeds with
+    <link rel="alternate">: the first one announced is added and the others are listed.
+    The feed is fetched and parsed once first, so that a typo is caught now; a running
+    daemon picks the change up by itself. Creates feeds.yaml if there is none.
+
+    Examples:
+      aggregator add https://blog.example.org/ --tags tech,python
+      aggregator add https://example.org/feed.xml --name "Example" --interval 2h
+    """
+    from aggregator.config import resolve_config_path  # noqa: PLC0415
+    from aggregator.sources import add_feed  # noqa: PLC0415
+    from aggregator.timing import parse_duration  # noqa: PLC0415
+
+    path = resolve_config_path(args.config)
+    if path.exists():
+        _load(args.config)  # refuse to edit an invalid file: `check` says what is wrong
+    if args.interval:
+        try:
+            parse_duration(args.interval)
+        except ValueError as e:
+            print(f"error: --interval: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+    tags = [t.strip() for t in (args.tags or "").split(",") if t.strip()]
+    try:
+        found, _ = add_feed(
+            path, args.url, name=args.name, tags=tags, interval=args.interval,
+            check=not args.no_check,
+        )  # fmt: skip
+    except AggregatorError as e:
+        raise _fail(e) from None
+    if len(found.alternatives) > 1:
+        print(f"{args.url} announces {len(found.alternatives)} feeds:")
+        for url, title in found.alternatives:
+            mark = "*" if url == found.url else " "
+            print(f"  {mark} {url}" + (f"  ({title})" if title else ""))
+        print("the first (*) was added; to use another: aggregator remove URL, aggregator add URL")
+    print(f"added {found.url}" + (f" ({found.title})" if found.title else "") + f" to {path}")
+    return EXIT_OK
+
+
+def remove(args: argparse.Namespace) -> int:
+    """Remove a feed from feeds.yaml by its URL or its name; its posts stay archived.
+
+    Example: aggregator remove "BBC World"
+    """
+    from aggregator.config import resolve_config_path  # noqa: PLC0415
+    from aggregator.sources import remove_feed  # noqa: PLC0415
+
+    _load(args.config)
+    path = resolve_config_path(args.config)
+    try:
+        entry, _ = remove_feed(path, args.feed)
+    except AggregatorError as e:
+        raise _fail(e) from None
+    print(f"removed {entry['url']} from {path} (its archived posts are kept)")
+    return EXIT_OK
+
+
+def import_opml(args: argparse.Namespace) -> int:
+    """Add the feeds of an OPML file (as exported by feed readers) to feeds.yaml.
+
+    Folders become tags, as do the outlines' categories; feeds already in feeds.yaml
+    are skipped. Nothing is fetched: run `aggregator poll` to see how each one does.
+
+    Example: aggregator import-opml ~/Downloads/subscriptions.opml
+    """
+    from aggregator.config import resolve_config_path  # noqa: PLC0415
+    from aggregator.sources import import_opml as do_import  # noqa: PLC0415
+
+    path = resolve_config_path(args.config)
+    if path.exists():
+        _load(args.config)
+    try:
+        report = do_import(path, args.file)
+    except AggregatorError as e:
+        raise _fail(e) from None
+    for url, why in report.skipped:
+        print(f"skipped {url}: {why}")
+    print(f"imported {len(report.added)} feeds into {path}, skipped {len(report.skipped)}")
+    return EXIT_OK
+
+
+def export_opml(args: argparse.Namespace) -> int:
+    """Print the feeds of feeds.yaml as OPML 2.0, for another feed reader.
+
+    Tags become each outline's category. Example: aggregator export-opml > feeds.opml
+    """
+    from aggregator.archive import STATE_DIR  # noqa: PLC0415
+    from aggregator.sources import export_opml as do_export  # noqa: PLC0415
+    from aggregator.state import State  # noqa: PLC0415
+
+    cfg = _load(args.config)
+    names: dict[str, str] = {}
+    db = cfg.archive / STATE_DIR / "state.sqlite3"
+    if db.exists():  # names learned from the feeds themselves
+        try:
+            state = State(db, readonly=True)
+            names = state.feed_names()
+            state.close()
+        except AggregatorError:
+            pass
+    sys.stdout.buffer.write(do_export(cfg, names))
+    return EXIT_OK
+
+
 # The parser ---------------------------------------------------------------------------
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -276,6 +384,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": status,
     "check": check,
     "reindex": reindex,
+    "add": add,
+    "remove": remove,
+    "import-opml": import_opml,
+    "export-opml": export_opml,
 }
 _LOGGING = {"run", "poll", "serve", "reindex"}
 _SERVING = {"run", "serve"}
@@ -320,6 +432,18 @@ def build_parser() -> argparse.ArgumentParser:
                 "--log-format", choices=["text", "json"], default="text",
                 help="text lines, or one JSON object per line (default: text)",
             )  # fmt: skip
+        if name == "add":
+            sub.add_argument("url", metavar="URL", help="the feed, or a page that links to it")
+            sub.add_argument("--name", help="name shown on its posts (default: the feed's title)")
+            sub.add_argument("--tags", metavar="A,B", help="comma-separated tags for its posts")
+            sub.add_argument("--interval", metavar="2h", help="time between polls (15m, 2h, 1d)")
+            sub.add_argument(
+                "--no-check", action="store_true", help="add without fetching it first"
+            )
+        elif name == "remove":
+            sub.add_argument("feed", metavar="URL|NAME", help="the feed's URL or its name")
+        elif name == "import-opml":
+            sub.add_argument("file", type=Path, metavar="FILE", help="the OPML file")
         sub.set_defaults(handler=handler)
     return parser
 

@@ -7,6 +7,7 @@ and all problems of a file are reported at once.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ from aggregator.models import (
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_PER_HOST,
     DEFAULT_PORT,
+    KEEP_GLOBAL,
     Config,
     FeedSource,
+    ItemRules,
 )
 from aggregator.timing import DEFAULT_INTERVAL, MIN_INTERVAL, format_duration, parse_duration
 from aggregator.urls import is_http_url, normalize_url
@@ -114,6 +117,47 @@ def _user_agent(value: object) -> str:
     return agent
 
 
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, got {_got(value)}")
+    return value
+
+
+def _regex(value: object) -> str:
+    pattern = _text(value)
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise _Bad(f"is not a valid regular expression: {e}") from None
+    return pattern
+
+
+def _title_template(value: object) -> str:
+    template = _text(value)
+    if "{title}" not in template:
+        raise _Bad("must contain {title}, where the item's own title goes (and may use {name})")
+    return template
+
+
+def _css_selector(value: object) -> str:
+    selector = _text(value)
+    import soupsieve  # noqa: PLC0415 -- beautifulsoup4's selector engine, only needed here
+
+    try:
+        soupsieve.compile(selector)
+    except soupsieve.SelectorSyntaxError as e:
+        raise _Bad(f"is not a valid CSS selector: {' '.join(str(e).split())}") from None
+    return selector
+
+
+def _feed_image_proxy(value: object) -> str | None:
+    if value is False:
+        return None
+    if value is True:
+        raise _Bad("must be a URL template with {url}, or false for no proxy")
+    return _image_proxy(value)
+
+
 def default_workers() -> int:
     """One parse worker per CPU this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -172,6 +216,12 @@ _FEED = _mapping(
         "name": (_simple(_text), None),
         "tags": (_list_of(_simple(_text)), ()),
         "interval": (_simple(_duration), None),
+        "title": (_simple(_title_template), "{title}"),
+        "include": (_simple(_regex), None),
+        "exclude": (_simple(_regex), None),
+        "strip": (_list_of(_simple(_css_selector)), ()),
+        "image_proxy": (_simple(_feed_image_proxy), KEEP_GLOBAL),
+        "full_content": (_simple(_boolean), True),
     }
 )
 _TOP = _mapping(
@@ -257,6 +307,14 @@ def load_config(path: Path) -> Config:
                 tags=tuple(dict.fromkeys(feed["tags"])),
                 interval=feed["interval"] or top["interval"],
                 line=lines.get(("feeds", i)),
+                rules=ItemRules(
+                    title=feed["title"],
+                    include=feed["include"],
+                    exclude=feed["exclude"],
+                    strip=tuple(feed["strip"]),
+                    image_proxy=feed["image_proxy"],
+                    full_content=feed["full_content"],
+                ),
             )
             for i, feed in enumerate(top["feeds"])
         ),

@@ -75,4 +75,5 @@ def _json_entry(item: dict[str, Any], feed_url: str) -> Entry:
         base=link or feed_url,
         published=_json_date(_json_str(item, "date_published"))
         or _json_date(_json_str(item, "date_modified")),
+        summary=html.escape(_json_str(item, "summary"), quote=False),
     )

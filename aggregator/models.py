@@ -55,6 +55,21 @@ def newest(dates: list[datetime | None], limit: int) -> list[int]:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+KEEP_GLOBAL = "global"  # ItemRules.image_proxy: use the config's image_proxy
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRules:
+    """Per-feed options of feeds.yaml that shape its posts (see README, "Per-feed options")."""
+
+    title: str = "{title}"  # template of the post title: {title}, {name}
+    include: str | None = None  # regex on title and text: keep only matching items
+    exclude: str | None = None  # regex on title and text: drop matching items
+    strip: tuple[str, ...] = ()  # CSS selectors removed from the content
+    image_proxy: str | None = KEEP_GLOBAL  # a template, None (no proxy) or KEEP_GLOBAL
+    full_content: bool = True  # False: the feed's summary only
+
+
 @dataclass(frozen=True, slots=True)
 class FeedSource:
     """One entry of ``feeds:`` in feeds.yaml."""
@@ -64,11 +79,12 @@ class FeedSource:
     tags: tuple[str, ...] = ()
     interval: int = DEFAULT_INTERVAL  # seconds between polls
     line: int | None = None  # where feeds.yaml declares it, for messages
+    rules: ItemRules = ItemRules()
 
     @property
     def settings(self) -> str:
         """What the user wrote for this feed; a change means "poll it again" (after 410)."""
-        return repr((self.url, self.name, self.tags, self.interval))
+        return repr((self.url, self.name, self.tags, self.interval, self.rules))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +154,7 @@ class Entry:
     content: str  # HTML, not yet sanitized
     base: str  # URL that relative references in ``content`` resolve against
     published: datetime | None
+    summary: str = ""  # HTML: the feed's own summary, when it gives one besides ``content``
 
 
 @dataclass(frozen=True, slots=True)

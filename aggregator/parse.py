@@ -120,10 +120,15 @@ def _content(entry: Any) -> tuple[str, str | None]:
     detail = detail or (candidates[0] if candidates else entry.get("summary_detail"))
     if not detail:
         return "", None
+    return _html(detail), detail.get("base")
+
+
+def _html(detail: Any) -> str:
+    """A feedparser text construct as HTML."""
     value = xml_safe(str(detail.get("value") or ""))
     if detail.get("type") not in _HTML_TYPES:
         value = html.escape(value, quote=False)
-    return value, detail.get("base")
+    return value
 
 
 def _entry_date(e: Any) -> datetime | None:
@@ -138,6 +143,7 @@ def _entry(e: Any, feed_url: str) -> Entry:
     link = e.get("link") and resolve_url(str(e["link"]), base or feed_url)
     guid = str(e.get("id") or "").strip() or None
     published = _entry_date(e)
+    summary = _html(e["summary_detail"]) if e.get("summary_detail") else ""
     return Entry(
         title=_text(e.get("title_detail")),
         link=link or None,
@@ -145,4 +151,6 @@ def _entry(e: Any, feed_url: str) -> Entry:
         content=content,
         base=base or link or feed_url,
         published=published,
+        # feedparser copies a content without summary into the summary: not a summary.
+        summary="" if summary == content else summary,
     )

@@ -22,7 +22,7 @@ import httpx
 from aggregator.archive import Archive, outputs_missing
 from aggregator.errors import AggregatorError, FeedError, FetchError, ParseError
 from aggregator.fetch import FetchSettings, default_user_agent, fetch_feed, make_client
-from aggregator.models import Config, FeedSource, NotModified, Validators
+from aggregator.models import KEEP_GLOBAL, Config, FeedSource, NotModified, Validators
 from aggregator.state import FeedRecord
 from aggregator.timing import cache_hint, retry_after
 from aggregator.workers import Job, Workers
@@ -178,8 +178,11 @@ class Poller:
             fallback_name=name,
             tags=source.tags,
             archived=self.clock(),
-            image_proxy=self.config.image_proxy,
+            image_proxy=self.config.image_proxy
+            if source.rules.image_proxy == KEEP_GLOBAL
+            else source.rules.image_proxy,
             max_entries=self.config.max_entries,
+            rules=source.rules,
         )
         try:
             async with self.parsing:
@@ -189,10 +192,15 @@ class Poller:
         name = prepared.name
         if prepared.warning:
             log.warning("feed=%s url=%s %s", name, source.url, prepared.warning)
-        if prepared.entries > len(prepared.posts):
+        if prepared.filtered:
+            log.info(
+                "feed=%s url=%s %d entries left out by include/exclude",
+                name, source.url, prepared.filtered,
+            )  # fmt: skip
+        if prepared.entries > len(prepared.posts) + prepared.filtered:
             log.warning(
                 "feed=%s url=%s has %d entries; considering the newest %d (max_entries)",
-                name, source.url, prepared.entries, len(prepared.posts),
+                name, source.url, prepared.entries, len(prepared.posts) + prepared.filtered,
             )  # fmt: skip
         if fetched.moved_to:
             self._moved(source, fetched.moved_to)

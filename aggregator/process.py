@@ -22,7 +22,9 @@ The post format is the contract of ``shared/sample/seed-post.md``::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import html
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -31,7 +33,7 @@ from email.utils import format_datetime
 import yaml
 from anyascii import anyascii
 
-from aggregator.models import Entry, Post, format_time
+from aggregator.models import Entry, ItemRules, Post, format_time
 from aggregator.sanitize import html_to_text, sanitize_html
 from aggregator.urls import is_http_url, normalize_url
 
@@ -79,6 +81,65 @@ def fallback_title(entry: Entry) -> str:
     if text:
         return text if len(text) <= 80 else text[:79].rstrip() + "…"
     return entry.link or "Untitled"
+
+
+# Per-feed rules -----------------------------------------------------------------------
+
+EXCERPT_CHARS = 300
+
+
+def apply_rules(entry: Entry, rules: ItemRules, name: str) -> Entry | None:
+    """``entry`` as the feed's options shape it, or None when ``include``/``exclude`` drop it.
+
+    In order: the summary replaces the content (``full_content: false``), the ``strip``
+    selectors are removed, the filters look at the title and the remaining text, and the
+    title template is applied.
+    """
+    if rules == _DEFAULT_RULES:
+        return entry
+    content = entry.content
+    if not rules.full_content:
+        content = entry.summary or _excerpt(content)
+    if rules.strip:
+        content = strip_selectors(content, rules.strip)
+    title = entry.title or fallback_title(dataclasses.replace(entry, content=content))
+    if rules.include or rules.exclude:
+        text = f"{title}\n{html_to_text(content)}"
+        if rules.include and not re.search(rules.include, text, re.IGNORECASE):
+            return None
+        if rules.exclude and re.search(rules.exclude, text, re.IGNORECASE):
+            return None
+    if rules.title != "{title}":
+        title = _fill(rules.title, {"{title}": title, "{name}": name})
+    return dataclasses.replace(entry, title=title, content=content)
+
+
+_DEFAULT_RULES = ItemRules()
+
+
+def _excerpt(content: str) -> str:
+    """The start of the text, for a feed asked for its summary that gives none."""
+    text = " ".join(html_to_text(content).split())
+    if len(text) > EXCERPT_CHARS:
+        text = text[: EXCERPT_CHARS - 1].rstrip() + "…"
+    return html.escape(text, quote=False)
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Replace each placeholder once, left to right: a title containing "{name}" stays so."""
+    pattern = "|".join(re.escape(k) for k in values)
+    return re.sub(pattern, lambda m: values[m.group()], template)
+
+
+def strip_selectors(content: str, selectors: tuple[str, ...]) -> str:
+    """``content`` without the elements matching any of the CSS ``selectors``."""
+    from bs4 import BeautifulSoup  # noqa: PLC0415 -- only feeds with `strip` need it
+
+    soup = BeautifulSoup(content, "html.parser")
+    for selector in selectors:
+        for element in soup.select(selector):
+            element.decompose()
+    return str(soup)
 
 
 # Rendering ----------------------------------------------------------------------------

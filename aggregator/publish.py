@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree as ET
 
 from feedgen.feed import FeedGenerator
 
@@ -173,22 +172,3 @@ def _build_json(config: Config, items: list[_Item], self_url: str) -> bytes:
         ],
     }
     return json.dumps(feed, ensure_ascii=False, indent=1).encode() + b"\n"
-
-
-def build_opml(config: Config, names: dict[str, str]) -> bytes:
-    """The sources as OPML 2.0; ``names`` maps feed URL → the name learned from the feed."""
-    opml = ET.Element("opml", version="2.0")
-    head = ET.SubElement(opml, "head")
-    ET.SubElement(head, "title").text = xml_safe(config.title)
-    ET.SubElement(head, "docs").text = "http://opml.org/spec2.opml"
-    body = ET.SubElement(opml, "body")
-    for source in config.feeds:
-        name = xml_safe(source.name or names.get(source.url) or source.url)
-        outline = ET.SubElement(
-            body, "outline", type="rss", text=name, title=name, xmlUrl=source.url
-        )
-        if source.tags:
-            outline.set("category", ",".join(xml_safe(t).replace(",", " ") for t in source.tags))
-    ET.indent(opml)
-    data: bytes = ET.tostring(opml, encoding="utf-8", xml_declaration=True)
-    return data + b"\n"

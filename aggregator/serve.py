@@ -32,7 +32,7 @@ from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE
 from aggregator.errors import AggregatorError
 from aggregator.metrics import CONTENT_TYPE, Metrics
 from aggregator.models import Config
-from aggregator.publish import build_opml
+from aggregator.sources import export_opml
 from aggregator.state import State
 from aggregator.urls import is_http_url
 
@@ -102,7 +102,7 @@ def make_app(site: Site) -> Starlette:
         return _conditional(request, body, FEED_TYPES[name], modified, site.cache_seconds)
 
     async def opml(request: Request) -> Response:
-        body = build_opml(site.config, site.state.feed_names())
+        body = export_opml(site.config, site.state.feed_names())
         return _conditional(
             request, body, "text/x-opml; charset=utf-8", site.clock(), site.cache_seconds
         )

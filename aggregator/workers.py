@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from aggregator.errors import ParseError
-from aggregator.models import Post
+from aggregator.models import ItemRules, Post
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class Job:
     archived: datetime
     image_proxy: str | None
     max_entries: int
+    rules: ItemRules
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +43,18 @@ class Prepared:
     ttl: int | None  # RSS <ttl>, minutes
     entries: int  # entries in the document
     posts: tuple[Post, ...]  # the considered entries, oldest first
+    filtered: int = 0  # entries dropped by the feed's include/exclude rules
 
 
 def prepare(job: Job) -> Prepared:
     """Parse ``job.content`` and render a post for each entry considered."""
     from aggregator.parse import parse_feed  # noqa: PLC0415 -- only workers need these
-    from aggregator.process import make_post  # noqa: PLC0415
+    from aggregator.process import apply_rules, make_post  # noqa: PLC0415
 
     parsed = parse_feed(job.content, job.url, job.content_type, max_entries=job.max_entries)
     name = job.name or parsed.title or job.fallback_name
     site = parsed.link or job.feed_url
+    shaped = [apply_rules(entry, job.rules, name) for entry in reversed(parsed.entries)]
     posts = tuple(
         make_post(
             entry,
@@ -62,9 +65,11 @@ def prepare(job: Job) -> Prepared:
             site_link=site,
             image_proxy=job.image_proxy,
         )
-        for entry in reversed(parsed.entries)
+        for entry in shaped
+        if entry is not None
     )
-    return Prepared(name, parsed.warning, parsed.ttl, parsed.total_entries, posts)
+    filtered = len(shaped) - len(posts)
+    return Prepared(name, parsed.warning, parsed.ttl, parsed.total_entries, posts, filtered)
 
 
 class Workers:

@@ -10,7 +10,18 @@ import pytest
 from tests.conftest import write_config
 from tests.farm import Answer, Farm, rss
 
-COMMANDS = ["check", "poll", "run", "serve", "status", "reindex"]
+COMMANDS = [
+    "check",
+    "poll",
+    "run",
+    "serve",
+    "status",
+    "reindex",
+    "add",
+    "remove",
+    "import-opml",
+    "export-opml",
+]
 
 
 def aggregator(
