@@ -29,6 +29,8 @@ from aggregator.archive import (
 from aggregator.errors import ArchiveError
 from aggregator.models import Config, sort_date
 from aggregator.sanitize import html_to_text, xml_safe
+from aggregator.site import TAGS_DIR, config_tags, install_site, write_site_data
+from aggregator.state import ItemRecord
 from aggregator.urls import is_http_url
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ SUMMARY_CHARS = 300
 class _Item:
     """One item of the merged feed."""
 
+    key: str  # the dedupe key
     id: str  # an IRI, as Atom requires
     guid: str
     guid_is_link: bool
@@ -58,27 +61,64 @@ def site_base(link: str) -> str:
     return link if link.endswith("/") else link + "/"
 
 
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """What a published feed says of itself."""
+
+    title: str
+    description: str
+    link: str  # the web page the feed belongs to
+    folder: str  # URL of the folder its files are published in
+
+
 def publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
-    """Write feed.xml, atom.xml and feed.json; return their paths."""
-    items = _load_items(archive, config.max_items)
+    """Write the merged feed (feed.xml, atom.xml, feed.json), the same three files per
+    tag under ``tags/<slug>/``, and the site's data; return the feeds' paths."""
     base = site_base(config.link)
-    builders: dict[str, Callable[[], bytes]] = {
-        RSS_FILE: lambda: _build_xml(config, items, now, base + RSS_FILE, atom=False),
-        ATOM_FILE: lambda: _build_xml(config, items, now, base + ATOM_FILE, atom=True),
-        JSON_FILE: lambda: _build_json(config, items, base + JSON_FILE),
-    }
-    paths = []
-    for name, build in builders.items():  # one at a time: big items are not held thrice
-        path = archive.root / name
-        write_file_atomic(path, build())
-        paths.append(path)
-    log.info("published items=%d files=%s", len(items), ",".join(builders))
+    main = Channel(config.title, config.description, config.link, base)
+    items = _load_items(archive, archive.state.newest(config.max_items), {})
+    paths = _write_feed(archive.root, main, items, now)
+    known = {item.key: item for item in items}  # tag feeds mostly hold these same items
+    tags = config_tags(config)
+    for tag in tags:
+        folder = f"{base}{TAGS_DIR}/{tag.slug}/"
+        channel = Channel(
+            f"{config.title}: {tag.name}",
+            f"The newest items tagged {tag.name}. {config.description}".strip(),
+            folder,
+            folder,
+        )
+        records = archive.state.newest(config.max_items, feeds=tag.feed_urls)
+        tagged = _load_items(archive, records, known)
+        paths += _write_feed(archive.root / TAGS_DIR / tag.slug, channel, tagged, now)
+    install_site(archive.root)
+    write_site_data(config, archive.root, tags)
+    log.info("published items=%d tags=%d", len(items), len(tags))
     return paths
 
 
-def _load_items(archive: Archive, limit: int) -> list[_Item]:
+def _write_feed(folder: Path, channel: Channel, items: list[_Item], now: datetime) -> list[Path]:
+    builders: dict[str, Callable[[], bytes]] = {
+        RSS_FILE: lambda: _build_xml(channel, items, now, channel.folder + RSS_FILE, atom=False),
+        ATOM_FILE: lambda: _build_xml(channel, items, now, channel.folder + ATOM_FILE, atom=True),
+        JSON_FILE: lambda: _build_json(channel, items, channel.folder + JSON_FILE),
+    }
+    paths = []
+    for name, build in builders.items():  # one at a time: big items are not held thrice
+        path = folder / name
+        write_file_atomic(path, build())
+        paths.append(path)
+    return paths
+
+
+def _load_items(
+    archive: Archive, records: list[ItemRecord], known: dict[str, _Item]
+) -> list[_Item]:
     items = []
-    for record in archive.state.newest(limit):
+    for record in records:
+        if record.key in known:
+            items.append(known[record.key])
+            continue
         try:
             post = archive.read_post(record.path)
         except ArchiveError as e:
@@ -97,6 +137,7 @@ def _item(post: StoredPost, key: str, feed_url: str | None) -> _Item:
     source = xml_safe(post.source)
     has_scheme = ":" in source and source.split(":", 1)[0].isalpha()
     return _Item(
+        key=key,
         id=source if has_scheme else "urn:sha256:" + hashlib.sha256(key.encode()).hexdigest(),
         guid=source or key,
         guid_is_link=is_http_url(source),
@@ -112,7 +153,7 @@ def _item(post: StoredPost, key: str, feed_url: str | None) -> _Item:
 
 
 def _build_xml(
-    config: Config, items: list[_Item], now: datetime, self_url: str, atom: bool
+    config: Channel, items: list[_Item], now: datetime, self_url: str, atom: bool
 ) -> bytes:
     fg = FeedGenerator()
     if not atom:
@@ -150,7 +191,7 @@ def _build_xml(
     return result
 
 
-def _build_json(config: Config, items: list[_Item], self_url: str) -> bytes:
+def _build_json(config: Channel, items: list[_Item], self_url: str) -> bytes:
     feed: dict[str, Any] = {
         "version": "https://jsonfeed.org/version/1.1",
         "title": config.title,

@@ -32,6 +32,7 @@ from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE
 from aggregator.errors import AggregatorError
 from aggregator.metrics import CONTENT_TYPE, Metrics
 from aggregator.models import Config
+from aggregator.site import TAGS_DIR, Tag, config_tags
 from aggregator.sources import export_opml
 from aggregator.state import State
 from aggregator.urls import is_http_url
@@ -92,8 +93,13 @@ def _not_modified_since(value: str | None, modified: datetime) -> bool:
 
 def make_app(site: Site) -> Starlette:
     async def feed_file(request: Request) -> Response:
-        name = request.url.path.lstrip("/")
+        name = request.url.path.rsplit("/", 1)[1]
         path = site.config.archive / name
+        slug = request.path_params.get("slug")
+        if slug is not None:
+            if slug not in {t.slug for t in config_tags(site.config)}:
+                return Response("No such tag in feeds.yaml.\n", 404)
+            path = site.config.archive / TAGS_DIR / slug / name
         try:
             body = path.read_bytes()
             modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
@@ -109,6 +115,15 @@ def make_app(site: Site) -> Starlette:
 
     async def home(request: Request) -> Response:
         body = render_home(site).encode()
+        return _conditional(request, body, "text/html; charset=utf-8", site.clock(), 60)
+
+    async def tag_page(request: Request) -> Response:
+        tag = next(
+            (t for t in config_tags(site.config) if t.slug == request.path_params["slug"]), None
+        )
+        if tag is None:
+            return Response("No such tag in feeds.yaml.\n", 404)
+        body = render_home(site, tag).encode()
         return _conditional(request, body, "text/html; charset=utf-8", site.clock(), 60)
 
     async def healthz(request: Request) -> Response:
@@ -127,7 +142,9 @@ def make_app(site: Site) -> Starlette:
         return Response(site.metrics.render(), media_type=CONTENT_TYPE)
 
     routes = [Route(f"/{name}", feed_file) for name in FEED_TYPES]
+    routes += [Route(f"/{TAGS_DIR}/{{slug}}/{name}", feed_file) for name in FEED_TYPES]
     routes += [
+        Route(f"/{TAGS_DIR}/{{slug}}/", tag_page),
         Route("/opml.xml", opml),
         Route("/", home),
         Route("/healthz", healthz),
@@ -169,16 +186,23 @@ def health(site: Site) -> dict[str, Any]:
     }
 
 
-def render_home(site: Site) -> str:
-    """The home page: subscribe links (discoverable), newest items, sources and health."""
+def render_home(site: Site, tag: Tag | None = None) -> str:
+    """The home page: subscribe links (discoverable), newest items, tags, sources and
+    health; or, for ``tag``, the same for that tag's feeds."""
     cfg, e = site.config, html.escape
+    tags = config_tags(cfg)
+    title = f"{cfg.title}: {tag.name}" if tag else cfg.title
+    prefix = f"/{TAGS_DIR}/{tag.slug}/" if tag else "/"
     items = []
-    for record in site.state.newest(min(cfg.max_items, HOME_ITEMS)):
-        title = e(record.title)
-        link = f'<a href="{e(record.key)}">{title}</a>' if is_http_url(record.key) else title
+    feeds = tag.feed_urls if tag else None
+    for record in site.state.newest(min(cfg.max_items, HOME_ITEMS), feeds=feeds):
+        name = e(record.title)
+        link = f'<a href="{e(record.key)}">{name}</a>' if is_http_url(record.key) else name
         items.append(f"<li>{link} <small>{record.archived:%Y-%m-%d %H:%M} UTC</small></li>")
     sources = []
     for row in _health_rows(site):
+        if tag and row["url"] not in tag.feed_urls:
+            continue
         state = row["outcome"] or "not polled yet"
         if state == "error":
             state = f"error: {row['error']}"
@@ -187,25 +211,34 @@ def render_home(site: Site) -> str:
             f"<td>{e(state)}</td><td>{e(row['last_poll'] or '')}</td></tr>"
         )
     alternates = "\n".join(
-        f'<link rel="alternate" type="{kind}" title="{e(cfg.title)} ({label})" href="/{name}">'
+        f'<link rel="alternate" type="{kind}" title="{e(title)} ({label})" href="{prefix}{name}">'
         for name, kind, label in (
             (ATOM_FILE, "application/atom+xml", "Atom"),
             (RSS_FILE, "application/rss+xml", "RSS"),
             (JSON_FILE, "application/feed+json", "JSON Feed"),
         )
     )
+    tag_links = " · ".join(
+        f'<a href="/{TAGS_DIR}/{t.slug}/">{e(t.name)}</a> '
+        f'(<a href="/{TAGS_DIR}/{t.slug}/atom.xml">Atom</a>, '
+        f'<a href="/{TAGS_DIR}/{t.slug}/feed.xml">RSS</a>, '
+        f'<a href="/{TAGS_DIR}/{t.slug}/feed.json">JSON</a>)'
+        for t in tags
+    )
+    back = '<p><a href="/">← all feeds</a></p>' if tag else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(cfg.title)}</title>
+<title>{e(title)}</title>
 {alternates}
 <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem}}
 td{{padding:.2rem .6rem;vertical-align:top}}small{{color:#666}}</style>
 </head><body>
-<h1>{e(cfg.title)}</h1>
+{back}<h1>{e(title)}</h1>
 <p>{e(cfg.description)}</p>
-<p>Subscribe: <a href="/atom.xml">Atom</a> · <a href="/feed.xml">RSS</a> ·
-<a href="/feed.json">JSON Feed</a> · sources as <a href="/opml.xml">OPML</a></p>
+<p>Subscribe: <a href="{prefix}atom.xml">Atom</a> · <a href="{prefix}feed.xml">RSS</a> ·
+<a href="{prefix}feed.json">JSON Feed</a> · sources as <a href="/opml.xml">OPML</a></p>
+{f"<p>By tag: {tag_links}</p>" if tag_links and not tag else ""}
 <h2>Newest items</h2>
 <ul>
 {chr(10).join(items) or "<li>Nothing archived yet.</li>"}

@@ -271,13 +271,19 @@ class State:
         """(key, path) of items whose write may have been interrupted."""
         return self._db.execute("SELECT key, path FROM items WHERE pending = 1").fetchall()
 
-    def newest(self, limit: int) -> list[ItemRecord]:
-        """The ``limit`` archived items that lead the merged feed."""
-        rows = self._db.execute(
-            "SELECT key, feed_url, title, path, published, archived FROM items"
-            " WHERE pending = 0 ORDER BY sort_date DESC, key LIMIT ?",
-            (limit,),
+    def newest(self, limit: int, feeds: Iterable[str] | None = None) -> list[ItemRecord]:
+        """The ``limit`` archived items that lead the merged feed (of ``feeds`` only, if given)."""
+        only, values = "", []
+        if feeds is not None:
+            values = list(feeds)
+            only = f" AND feed_url IN ({','.join('?' * len(values))})"
+        # Only "?" placeholders are interpolated; the values are bound.
+        query = (
+            "SELECT key, feed_url, title, path, published, archived FROM items WHERE pending = 0"  # noqa: S608
+            + only
+            + " ORDER BY sort_date DESC, key LIMIT ?"
         )
+        rows = self._db.execute(query, (*values, limit))
         return [_item(r) for r in rows]
 
     def items(self) -> Iterator[ItemRecord]:

@@ -1,0 +1,124 @@
+"""The archive as a Jekyll site: layouts, a home page, a page and a feed folder per tag.
+
+The layouts, ``index.html`` and ``_config.yml`` are written once, when missing, so that
+the user may edit them. ``_data/aggregator.yml`` (the title, description and tags from
+feeds.yaml) and ``tags/<slug>/index.html`` belong to the aggregator and are rewritten
+when feeds.yaml changes; a tag that leaves feeds.yaml takes its folder with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE, write_file_atomic
+from aggregator.models import Config
+from aggregator.process import slugify, yaml_quoted
+
+log = logging.getLogger(__name__)
+
+SITE_FILES = (
+    "_config.yml",
+    "_layouts/default.html",
+    "_layouts/post.html",
+    "_layouts/tag.html",
+    "index.html",
+)
+TAGS_DIR = "tags"
+DATA_FILE = "_data/aggregator.yml"
+TAG_PAGE = "index.html"
+_TAG_FILES = (TAG_PAGE, RSS_FILE, ATOM_FILE, JSON_FILE)  # what a tag folder may hold of ours
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """A tag of feeds.yaml: its text, its folder name, and the feeds that carry it."""
+
+    name: str
+    slug: str
+    feed_urls: tuple[str, ...]
+
+
+def config_tags(config: Config) -> list[Tag]:
+    """Every tag of feeds.yaml, in order of appearance; tags with the same slug merge."""
+    names: dict[str, str] = {}
+    feeds: dict[str, list[str]] = {}
+    for source in config.feeds:
+        for tag in source.tags:
+            slug = slugify(tag)
+            names.setdefault(slug, tag)
+            if source.url not in feeds.setdefault(slug, []):
+                feeds[slug].append(source.url)
+    return [Tag(names[slug], slug, tuple(urls)) for slug, urls in feeds.items()]
+
+
+def install_site(root: Path) -> list[str]:
+    """Write the site files that are missing; return their names."""
+    template = resources.files("aggregator") / "site"
+    written = []
+    for name in SITE_FILES:
+        target = root / name
+        if not target.exists():
+            write_file_atomic(target, (template / name).read_bytes())
+            written.append(name)
+    if written:
+        log.info("site files written: %s", ", ".join(written))
+    return written
+
+
+def write_site_data(config: Config, root: Path, tags: list[Tag]) -> None:
+    """``_data/aggregator.yml`` and one page per tag, rewritten only when they change."""
+    data = {
+        "title": config.title,
+        "description": config.description,
+        "link": config.link,
+        "max_items": config.max_items,
+        "tags": [{"name": t.name, "slug": t.slug} for t in tags],
+    }
+    header = "# Written by aggregator from feeds.yaml on every publish; edits are replaced.\n"
+    _write_if_changed(
+        root / DATA_FILE,
+        (header + yaml.safe_dump(data, allow_unicode=True, sort_keys=False)).encode(),
+    )
+    for tag in tags:
+        page = (
+            "---\n"
+            "layout: tag\n"
+            f"title: {yaml_quoted(tag.name)}\n"
+            f"tag: {yaml_quoted(tag.name)}\n"
+            f"tag_slug: {tag.slug}\n"
+            "---\n"
+        )
+        _write_if_changed(root / TAGS_DIR / tag.slug / TAG_PAGE, page.encode())
+    remove_stale_tags(root, {t.slug for t in tags})
+
+
+def remove_stale_tags(root: Path, keep: set[str]) -> None:
+    """Remove the pages and feeds of tags that feeds.yaml no longer has (and only those)."""
+    folder = root / TAGS_DIR
+    if not folder.is_dir():
+        return
+    for sub in folder.iterdir():
+        if sub.name in keep or not sub.is_dir() or sub.is_symlink():
+            continue
+        for name in _TAG_FILES:
+            (sub / name).unlink(missing_ok=True)
+        try:
+            sub.rmdir()
+        except OSError:  # the user put something else there: leave it
+            log.info("kept %s: it holds files the aggregator did not write", sub)
+        else:
+            log.info("removed the feeds of tag %r, gone from feeds.yaml", sub.name)
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    try:
+        if path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    write_file_atomic(path, data)

@@ -1,0 +1,184 @@
+"""The archive as a site: per-tag feeds (published, served), site files, the Jekyll build."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from bs4 import BeautifulSoup
+
+from aggregator.archive import Archive
+from aggregator.config import load_config
+from aggregator.models import Config
+from aggregator.pipeline import run_pass
+from aggregator.serve import Site
+from tests.conftest import SHARED, StepClock, write_config
+from tests.farm import Answer, Farm, rss
+from tests.feedcheck import check_outputs
+from tests.test_serve import Client
+
+RSS = {"Content-Type": "application/rss+xml"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def three_feeds(tmp_path: Path, farm: Farm, clock: StepClock, **top: object) -> Config:
+    for name, count in (("a", 3), ("b", 2), ("c", 1)):
+        items = [
+            {"title": f"{name.upper()} story {i}", "link": f"https://{name}.example/{i}",
+             "description": f"<p>Text {name}{i}</p>", "pubDate": f"Mon, 0{i + 1} Jan 2024 10:00:00 GMT"}
+            for i in range(count)
+        ]  # fmt: skip
+        farm.routes[f"/{name}"] = Answer(200, rss(items, title=f"Feed {name.upper()}"), RSS)
+    feeds = [
+        {"url": farm.url("/a"), "name": "Feed A", "tags": ["world", "UK news"]},
+        {"url": farm.url("/b"), "name": "Feed B", "tags": ["world"]},
+        {"url": farm.url("/c"), "name": "Feed C"},
+    ]
+    config = load_config(write_config(tmp_path, feeds, link="https://news.example/site", **top))
+    run_pass(config, clock=clock)
+    return config
+
+
+def test_per_tag_feeds_hold_their_feeds_items(tmp_path: Path, farm: Farm, clock: StepClock) -> None:
+    config = three_feeds(tmp_path, farm, clock)
+    root = config.archive
+    assert check_outputs(root) == 6
+    assert check_outputs(root / "tags" / "world") == 5
+    assert check_outputs(root / "tags" / "uk-news") == 3
+    world = json.loads((root / "tags" / "world" / "feed.json").read_text())
+    assert world["title"] == "Test merged feed: world"
+    assert world["feed_url"] == "https://news.example/site/tags/world/feed.json"
+    assert world["home_page_url"] == "https://news.example/site/tags/world/"
+    assert {i["authors"][0]["name"] for i in world["items"]} == {"Feed A", "Feed B"}
+    assert not (root / "tags" / "c").exists()
+
+
+def test_tag_feeds_are_served_and_linked(tmp_path: Path, farm: Farm, clock: StepClock) -> None:
+    config = three_feeds(tmp_path, farm, clock)
+    with Archive(config.archive) as archive:
+        http = Client(Site(config, archive.state))
+        for name in ("feed.xml", "atom.xml", "feed.json"):
+            response = http.get(f"/tags/world/{name}", headers={"Accept-Encoding": "identity"})
+            assert response.status_code == 200, name
+            assert response.content == (config.archive / "tags" / "world" / name).read_bytes()
+        assert http.get("/tags/sport/atom.xml").status_code == 404
+        assert http.get("/tags/../feeds.yaml").status_code == 404
+        home = BeautifulSoup(http.get("/").text, "html.parser")
+        hrefs = {a["href"] for a in home.find_all("a")}
+        assert {"/tags/world/", "/tags/world/atom.xml", "/tags/uk-news/feed.json"} <= hrefs
+        page = http.get("/tags/uk-news/")
+        assert page.status_code == 200
+        soup = BeautifulSoup(page.text, "html.parser")
+        assert soup.title and soup.title.text == "Test merged feed: UK news"
+        alternates = [link["href"] for link in soup.find_all("link", rel="alternate")]
+        assert "/tags/uk-news/atom.xml" in alternates
+        listed = [li.a.text for li in soup.find_all("li") if li.a]
+        assert sorted(listed) == ["A story 0", "A story 1", "A story 2"]
+
+
+def test_a_tag_that_leaves_feeds_yaml_takes_its_files(
+    tmp_path: Path, farm: Farm, clock: StepClock
+) -> None:
+    config = three_feeds(tmp_path, farm, clock)
+    (config.archive / "tags" / "world" / "notes.txt").write_text("mine")
+    text = config.path.read_text().replace("- world\n", "- globe\n")
+    config.path.write_text(text)
+    farm.routes["/c"] = Answer(200, rss([{"title": "new", "link": "https://c.example/new"}]), RSS)
+    run_pass(load_config(config.path), clock=clock)
+    tags = config.archive / "tags"
+    assert sorted(p.name for p in tags.iterdir()) == ["globe", "uk-news", "world"]
+    assert [p.name for p in (tags / "world").iterdir()] == ["notes.txt"]  # the user's file stays
+    assert check_outputs(tags / "globe") == 5
+
+
+def test_site_files_are_written_once_and_data_follows_the_config(
+    tmp_path: Path, farm: Farm, clock: StepClock
+) -> None:
+    config = three_feeds(tmp_path, farm, clock)
+    root = config.archive
+    for name in (
+        "_config.yml",
+        "_layouts/default.html",
+        "_layouts/post.html",
+        "_layouts/tag.html",
+        "index.html",
+    ):
+        assert (root / name).is_file(), name
+    (root / "_layouts" / "post.html").write_text("my own layout {{ content }}")
+    data = (root / "_data" / "aggregator.yml").read_text()
+    assert "title: Test merged feed\n" in data and "- name: UK news\n  slug: uk-news\n" in data
+    tag_page = (root / "tags" / "world" / "index.html").read_text()
+    assert tag_page == '---\nlayout: tag\ntitle: "world"\ntag: "world"\ntag_slug: world\n---\n'
+    farm.routes["/c"] = Answer(200, rss([{"title": "new", "link": "https://c.example/new"}]), RSS)
+    run_pass(config, clock=clock)
+    assert (root / "_layouts" / "post.html").read_text() == "my own layout {{ content }}"
+
+
+def test_the_repository_archive_ships_the_site_files() -> None:
+    from aggregator.site import SITE_FILES
+
+    package = ROOT / "aggregator" / "site"
+    for name in SITE_FILES:
+        assert (ROOT / "archive" / name).read_bytes() == (package / name).read_bytes(), name
+
+
+def _jekyll() -> str:
+    jekyll = shutil.which("jekyll")
+    if jekyll is None:
+        if os.environ.get("CI"):
+            pytest.fail("jekyll is not installed, but .ci/run installs it")
+        pytest.skip("jekyll is not installed (Debian: apt-get install jekyll)")
+    return jekyll
+
+
+def test_jekyll_builds_the_archive(tmp_path: Path, farm: Farm, clock: StepClock) -> None:
+    jekyll = _jekyll()
+    farm.routes["/seed"] = Answer(200, (SHARED / "sample" / "seed-source.xml").read_bytes(), RSS)
+    hostile = rss([
+        {"title": "Liquid {{ site.title }} {% raw %} and <b>tags</b>", "link": "https://h.example/1",
+         "description": "<p>{% include nothing.html %} {{ page.x }}</p>"},
+        {"title": "---", "link": "https://h.example/2", "description": "<p>dashes</p>"},
+    ])  # fmt: skip
+    farm.routes["/hostile"] = Answer(200, hostile, RSS)
+    feeds = [
+        {"url": farm.url("/seed"), "name": "美国之音", "tags": ["中文", "world"]},
+        {"url": farm.url("/hostile"), "name": "Odd: names"},
+    ]
+    config = load_config(write_config(tmp_path, feeds))
+    run_pass(config, clock=clock)
+    with Archive(config.archive) as archive:
+        records = list(archive.state.items())
+        posts = {r.path: archive.read_post(r.path) for r in records}
+    assert len(posts) >= 3
+    out = tmp_path / "_site"
+    build = subprocess.run(
+        [jekyll, "build", "--source", str(config.archive), "--destination", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr
+    pages = {p for p in out.rglob("index.html") if len(p.relative_to(out).parts) == 5}
+    assert len(pages) == len(posts)  # one /YYYY/MM/DD/<slug>/index.html per post
+    for path, post in posts.items():
+        slug = Path(path).stem[len("YYYY-MM-DD-") :]
+        day = post.archived.strftime("%Y/%m/%d")
+        page = BeautifulSoup((out / day / slug / "index.html").read_text(), "html.parser")
+        assert page.h1 is not None and page.h1.text == post.title
+        assert (
+            page.find("hr") is not None and "——" not in page.get_text()
+        )  # the rule under the link
+        source = page.find("a", class_="source")
+        assert source is not None and source["href"] == post.source
+        text = page.get_text()
+        first_words = BeautifulSoup(post.content, "html.parser").get_text().split()[:3]
+        assert " ".join(first_words) in " ".join(text.split())
+    shown = [BeautifulSoup(p.read_text(), "html.parser").get_text() for p in pages]
+    assert any("{% include nothing.html %} {{ page.x }}" in text for text in shown)  # not run
+    home = BeautifulSoup((out / "index.html").read_text(), "html.parser")
+    assert len(home.select("ul.posts li")) == len(posts)
+    tag = BeautifulSoup((out / "tags" / "zhongwen" / "index.html").read_text(), "html.parser")
+    assert len(tag.select("ul.posts li")) == sum(1 for p in posts.values() if "中文" in p.tags)
+    assert (out / "tags" / "world" / "atom.xml").is_file() and (out / "feed.json").is_file()
