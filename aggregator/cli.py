@@ -375,6 +375,24 @@ def export_opml(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def demo(args: argparse.Namespace) -> int:
+    """Try it without internet: the daemon over a few bundled example feeds.
+
+    Serves the feeds of examples/feeds/ on 127.0.0.1, runs the daemon on them with a
+    temporary feeds.yaml and archive, and prints the URL to subscribe to and the
+    site's URL. Ctrl-C stops it and removes the temporary folder (unless --keep).
+
+    Example: aggregator demo --port 8080
+    """
+    from aggregator.demo import run_demo  # noqa: PLC0415
+
+    _setup_logging(args)
+    try:
+        return run_demo(args.host or "127.0.0.1", args.port or 8080, args.feeds, args.keep)
+    except AggregatorError as e:
+        raise _fail(e) from None
+
+
 # The parser ---------------------------------------------------------------------------
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -388,9 +406,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "remove": remove,
     "import-opml": import_opml,
     "export-opml": export_opml,
+    "demo": demo,
 }
-_LOGGING = {"run", "poll", "serve", "reindex"}
-_SERVING = {"run", "serve"}
+_LOGGING = {"run", "poll", "serve", "reindex", "demo"}
+_SERVING = {"run", "serve", "demo"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -412,19 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
             description=summary + "\n\n" + _dedent(details),
             formatter_class=raw,
         )
-        sub.add_argument(
-            "-c", "--config", type=Path, metavar="FILE",
-            help="feeds.yaml to use (default: $AGGREGATOR_CONFIG, else ./feeds.yaml)",
-        )  # fmt: skip
+        if name != "demo":
+            sub.add_argument(
+                "-c", "--config", type=Path, metavar="FILE",
+                help="feeds.yaml to use (default: $AGGREGATOR_CONFIG, else ./feeds.yaml)",
+            )  # fmt: skip
         if name in _SERVING:
-            sub.add_argument(
-                "--host", help="address to serve on (default: serve.host in feeds.yaml, 127.0.0.1)"
-            )
-            sub.add_argument(
-                "--port",
-                type=int,
-                help="port to serve on (default: serve.port in feeds.yaml, 8080)",
-            )
+            where = "127.0.0.1" if name == "demo" else "serve.host in feeds.yaml, 127.0.0.1"
+            sub.add_argument("--host", help=f"address to serve on (default: {where})")
+            where = "8080" if name == "demo" else "serve.port in feeds.yaml, 8080"
+            sub.add_argument("--port", type=int, help=f"port to serve on (default: {where})")
         if name in _LOGGING:
             sub.add_argument("-v", "--verbose", action="store_true", help="log debug details")
             sub.add_argument("-q", "--quiet", action="store_true", help="log only errors")
@@ -444,6 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("feed", metavar="URL|NAME", help="the feed's URL or its name")
         elif name == "import-opml":
             sub.add_argument("file", type=Path, metavar="FILE", help="the OPML file")
+        elif name == "demo":
+            sub.add_argument(
+                "--feeds", type=Path, metavar="DIR",
+                help="folder of the example feeds (default: examples/feeds of the repository)",
+            )  # fmt: skip
+            sub.add_argument(
+                "--keep", action="store_true", help="keep the temporary feeds.yaml and archive"
+            )
         sub.set_defaults(handler=handler)
     return parser
 

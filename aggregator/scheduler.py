@@ -31,7 +31,7 @@ from aggregator.pipeline import Clock, FeedResult, Limits, Poller, fetch_setting
 from aggregator.publish import publish
 from aggregator.serve import Site, bind, make_server
 from aggregator.state import State
-from aggregator.timing import next_delay, spread
+from aggregator.timing import START_SPREAD, next_delay, spread
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,12 @@ PUBLISH_DELAY = 1.0  # coalesce the publishes of feeds that finish together
 class Planner:
     """When each feed is polled: at start-up, after a poll, after an edit of feeds.yaml."""
 
-    def __init__(self, state: State, rng: random.Random) -> None:
+    def __init__(
+        self, state: State, rng: random.Random, start_spread: float = START_SPREAD
+    ) -> None:
         self.state = state
         self.rng = rng
+        self.start_spread = start_spread
 
     def at_start(self, feeds: tuple[FeedSource, ...], now: datetime) -> dict[str, datetime]:
         """First poll of each feed: its stored next poll if still ahead, else soon.
@@ -62,7 +65,7 @@ class Planner:
                 plan[source.url] = record.next_poll
             else:
                 due.append(source)
-        for source, when in zip(due, spread(len(due), now), strict=True):
+        for source, when in zip(due, spread(len(due), now, self.start_spread), strict=True):
             plan[source.url] = when
         return plan
 
@@ -97,6 +100,7 @@ class Daemon:
         rng: random.Random | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         watch_every: float = 1.0,
+        start_spread: float = START_SPREAD,
     ) -> None:
         self.config = config
         self._sources = {f.url: f for f in config.feeds}
@@ -106,6 +110,7 @@ class Daemon:
         self.rng = rng or random.Random()  # noqa: S311 -- jitter, not secrets
         self.transport = transport
         self.watch_every = watch_every
+        self.start_spread = start_spread  # seconds over which the first polls are spread
         self.metrics = Metrics()
         self._stopping = asyncio.Event()
         self._reload = asyncio.Event()
@@ -120,7 +125,7 @@ class Daemon:
         with lock_archive(self.config.archive), Archive(self.config.archive) as archive:
             archive.recover()
             self.archive = archive
-            self.planner = Planner(archive.state, self.rng)
+            self.planner = Planner(archive.state, self.rng, self.start_spread)
             self.site = Site(self.config, archive.state, self.metrics, self.clock)
             sock = bind(self.host, self.port)
             server = make_server(self.site)
