@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= feeds.yaml
 
-.PHONY: run poll test lint typecheck pytest bench clean
+.PHONY: install run poll demo test lint typecheck pytest bench clean
 
 # The package and its runtime dependencies (reinstalled when pyproject.toml changes),
 # byte-compiled once so that no command pays for it (pip does the same for installs).
@@ -19,11 +19,16 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
+install: $(VENV)/.installed  ## just the virtual environment (.venv/bin/aggregator)
+
 run: $(VENV)/.installed  ## run the aggregator on feeds.yaml
 	$(BIN)/aggregator run -c $(CONFIG)
 
 poll: $(VENV)/.installed  ## one pass over feeds.yaml, then exit
 	$(BIN)/aggregator poll -c $(CONFIG)
+
+demo: $(VENV)/.installed  ## the daemon over the bundled example feeds, no internet needed
+	$(BIN)/aggregator demo
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check aggregator tests bench
