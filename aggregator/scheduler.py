@@ -30,6 +30,7 @@ from aggregator.models import Config, FeedSource
 from aggregator.pipeline import Clock, FeedResult, Limits, Poller, fetch_settings, utc_now
 from aggregator.publish import publish
 from aggregator.serve import Site, bind, make_server
+from aggregator.site import config_tags
 from aggregator.state import State
 from aggregator.timing import START_SPREAD, next_delay, spread
 
@@ -304,8 +305,8 @@ class Daemon:
                     "feed changed: url=%s, next poll %s", url, when.isoformat(timespec="seconds")
                 )
                 self._schedule(url, when)
-        if (new.title, new.link, new.description, new.max_items) != (
-            old.title, old.link, old.description, old.max_items,
+        if (new.title, new.link, new.description, new.max_items, config_tags(new)) != (
+            old.title, old.link, old.description, old.max_items, config_tags(old),
         ):  # fmt: skip
-            self._publish()
+            self._publish()  # the feeds' headers, the tag feeds and the site's data
         log.info("reloaded %s: %d feeds", new.path, len(new.feeds))

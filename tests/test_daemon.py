@@ -151,6 +151,21 @@ def test_daemon_lifecycle(daemon: Running, farm: Farm, tmp_path: Path) -> None:
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: daemon.logged().count("reloaded ") == reloads + 1, "the SIGHUP reload", 10)
 
+    # A tag added to feeds.yaml gets its feed at once, with no new item to wait for.
+    assert daemon.get("/tags/birds/atom.xml").status_code == 404  # type: ignore[union-attr]
+    daemon.config.write_text(
+        config_text(farm, daemon.port, ["a", "c"]).replace(
+            "Source A\n", "Source A\n    tags: [birds]\n"
+        )
+    )
+    wait_for(
+        lambda: (r := daemon.get("/tags/birds/atom.xml")) is not None and r.status_code == 200,
+        "the tag feed",
+        15,
+    )
+    birds = ET.fromstring(daemon.get("/tags/birds/atom.xml").content)  # type: ignore[union-attr]
+    assert {e.findtext(f"{ATOM}title") for e in birds.iter(f"{ATOM}entry")} == a
+
     health = daemon.get("/healthz")
     assert health is not None and health.json()["status"] == "ok"
     metrics = daemon.get("/metrics")
