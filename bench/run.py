@@ -163,6 +163,19 @@ def compare(
     return results
 
 
+def commit() -> str:
+    """The commit measured (with "+changes" when the work tree differs from it)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", *args], cwd=BENCH.parent, capture_output=True, text=True, check=False
+        )
+        return out.stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+changes" if changed else "")
+
+
 def machine() -> str:
     mem = next(
         (
@@ -205,7 +218,7 @@ def render(side_by_side, scale, sizes, rounds, quick) -> str:  # type: ignore[no
     lines = [
         "# Benchmark results",
         "",
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {machine()}"
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · commit {commit()} · {machine()}"
         + (" · **quick smoke run, not a measurement**" if quick else ""),
         "",
         f"Command: `make bench` (`python bench/run.py`). {rounds} runs of each tool per scenario,"
