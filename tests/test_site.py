@@ -16,7 +16,7 @@ from aggregator.config import load_config
 from aggregator.models import Config
 from aggregator.pipeline import run_pass
 from aggregator.serve import Site
-from tests.conftest import SHARED, StepClock, write_config
+from tests.conftest import DATA, StepClock, write_config
 from tests.farm import Answer, Farm, rss
 from tests.feedcheck import check_outputs
 from tests.test_serve import Client
@@ -137,7 +137,7 @@ def _jekyll() -> str:
 
 def test_jekyll_builds_the_archive(tmp_path: Path, farm: Farm, clock: StepClock) -> None:
     jekyll = _jekyll()
-    farm.routes["/seed"] = Answer(200, (SHARED / "sample" / "seed-source.xml").read_bytes(), RSS)
+    farm.routes["/seed"] = Answer(200, (DATA / "seed-source.xml").read_bytes(), RSS)
     hostile = rss([
         {"title": "Liquid {{ site.title }} {% raw %} and <b>tags</b>", "link": "https://h.example/1",
          "description": "<p>{% include nothing.html %} {{ page.x }}</p>"},
