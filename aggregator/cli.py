@@ -306,7 +306,8 @@ def add(args: argparse.Namespace) -> int:
             mark = "*" if url == found.url else " "
             print(f"  {mark} {url}" + (f"  ({title})" if title else ""))
         print("the first (*) was added; to use another: aggregator remove URL, aggregator add URL")
-    print(f"added {found.url}" + (f" ({found.title})" if found.title else "") + f" to {path}")
+    name = args.name or found.title
+    print(f"added {found.url}" + (f" as {name!r}" if name else "") + f" to {path}")
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ gzip bomb or an endless body is abandoned early.
 from __future__ import annotations
 
 import asyncio
+import socket
 import zlib
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -99,9 +100,30 @@ async def fetch_feed(
         raise FetchError(url, f"{type(e).__name__}: {e}") from e
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = error
+    for _ in range(10):  # the chain httpx → httpcore → the OS error is short
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _describe(e: httpx.HTTPError) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, httpx.ConnectError):
+        if _caused_by(e, socket.gaierror):
+            try:
+                host = e.request.url.host
+            except RuntimeError:  # httpx raises it when the error carries no request
+                host = "the host"
+            return (
+                f"cannot connect: no address for {host}: {text} (check the URL, DNS or the network)"
+            )
+        if _caused_by(e, ConnectionRefusedError):
+            return "cannot connect: connection refused (is the server up? check the URL's port)"
         return f"cannot connect: {text}"
     return f"{type(e).__name__}: {text}"
 

@@ -141,10 +141,20 @@ def build(farm: Farm, secret: Path) -> list[Case]:
 
     # Network
     cases.append(
-        Case("refused", f"http://127.0.0.1:{closed_port()}/feed", "error", "cannot connect")
+        Case(
+            "refused",
+            f"http://127.0.0.1:{closed_port()}/feed",
+            "error",
+            "cannot connect: connection refused",
+        )
     )
     cases.append(
-        Case("unresolvable", "http://feeds.nowhere.invalid/rss", "error", "cannot connect")
+        Case(
+            "unresolvable",
+            "http://feeds.nowhere.invalid/rss",
+            "error",
+            "cannot connect: no address for feeds.nowhere.invalid",
+        )
     )
     add("never-answers", Raw(_never_answers), "error", "timed out", slow=True)
     add(
