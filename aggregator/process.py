@@ -111,7 +111,10 @@ def apply_rules(entry: Entry, rules: ItemRules, name: str) -> Entry | None:
             return None
     if rules.title != "{title}":
         title = _fill(rules.title, {"{title}": title, "{name}": name})
-    return dataclasses.replace(entry, title=title, content=content)
+    # An item known by a hash of its text keeps the hash of its original text: changing
+    # a feed's options must not make its old items new again.
+    guid = entry.guid if entry.link or entry.guid else item_source(entry)
+    return dataclasses.replace(entry, title=title, content=content, guid=guid)
 
 
 _DEFAULT_RULES = ItemRules()

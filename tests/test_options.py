@@ -151,3 +151,22 @@ def test_invalid_options_name_the_key(
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert message in str(info.value)
+
+
+def test_options_do_not_change_an_items_identity() -> None:
+    """An item without link or GUID is keyed by a hash of its text: the key must not
+    follow the feed's options, or changing them would archive its items again."""
+    from datetime import UTC, datetime
+
+    from aggregator.models import Entry, ItemRules
+    from aggregator.process import apply_rules, item_source, key_for, make_post
+
+    entry = Entry(title="Bare", link=None, guid=None, content="<p>x</p><p class='ad'>y</p>",
+                  base="https://b.example/", published=None)  # fmt: skip
+    rules = ItemRules(title="[{name}] {title}", strip=(".ad",))
+    shaped = apply_rules(entry, rules, "B")
+    assert shaped is not None and shaped.title == "[B] Bare" and "y" not in shaped.content
+    when = datetime(2024, 1, 1, tzinfo=UTC)
+    post = make_post(shaped, feed_url="https://b.example/f", name="B", tags=(), archived=when,
+                     site_link="https://b.example/")  # fmt: skip
+    assert post.key == key_for(item_source(entry))
