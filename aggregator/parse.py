@@ -143,7 +143,9 @@ def _entry(e: Any, feed_url: str) -> Entry:
     link = e.get("link") and resolve_url(str(e["link"]), base or feed_url)
     guid = str(e.get("id") or "").strip() or None
     published = _entry_date(e)
-    summary = _html(e["summary_detail"]) if e.get("summary_detail") else ""
+    # A summary besides the content; without a content element the content *is* the
+    # summary (and a 10 MiB one is not copied again).
+    summary = _html(e["summary_detail"]) if e.get("content") and e.get("summary_detail") else ""
     return Entry(
         title=_text(e.get("title_detail")),
         link=link or None,

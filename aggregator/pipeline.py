@@ -8,6 +8,7 @@ schedule). One feed's failure or slowness never touches another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -25,7 +26,7 @@ from aggregator.fetch import FetchSettings, default_user_agent, fetch_feed, make
 from aggregator.models import KEEP_GLOBAL, Config, FeedSource, NotModified, Validators
 from aggregator.state import FeedRecord
 from aggregator.timing import cache_hint, retry_after
-from aggregator.workers import Job, Workers
+from aggregator.workers import HEAVY_BODY, Job, Workers
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,9 @@ class Poller:
         # Parses queued at once: enough to keep every worker busy, few enough that big
         # documents do not pile up in memory.
         self.parsing = asyncio.Semaphore(max(1, config.workers))
+        # A big body costs its worker about ten times its size while it is parsed and
+        # rendered; one at a time, so that two workers never peak together.
+        self.heavy = asyncio.Semaphore(1)
 
     def close(self) -> None:
         self.workers.close()
@@ -184,8 +188,9 @@ class Poller:
             max_entries=self.config.max_entries,
             rules=source.rules,
         )
+        heavy = self.heavy if len(fetched.content) > HEAVY_BODY else contextlib.nullcontext()
         try:
-            async with self.parsing:
+            async with heavy, self.parsing:  # the heavy slot first: waiting holds no worker
                 prepared = await self.workers.prepare(job)
         except ParseError as e:
             return FeedResult(source.url, name, ERROR, error=e.reason, status=fetched.status)

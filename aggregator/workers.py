@@ -69,7 +69,33 @@ def prepare(job: Job) -> Prepared:
         if entry is not None
     )
     filtered = len(shaped) - len(posts)
-    return Prepared(name, parsed.warning, parsed.ttl, parsed.total_entries, posts, filtered)
+    prepared = Prepared(name, parsed.warning, parsed.ttl, parsed.total_entries, posts, filtered)
+    if len(job.content) > HEAVY_BODY:
+        del parsed, shaped
+        release_memory()
+    return prepared
+
+
+HEAVY_BODY = 1024 * 1024  # bytes: a body this big leaves a worker holding ~10× its size
+
+
+def release_memory() -> None:
+    """Hand the memory a big document needed back to the system (glibc keeps freed heap
+    otherwise, and two workers holding 150 MiB each would double the footprint)."""
+    import ctypes  # noqa: PLC0415
+    import ctypes.util  # noqa: PLC0415
+    import gc  # noqa: PLC0415
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
 
 
 class Workers:
