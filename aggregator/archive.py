@@ -78,13 +78,20 @@ def lock_archive(root: Path) -> Iterator[None]:
         os.close(fd)  # also releases the lock
 
 
-def write_file_atomic(path: Path, data: bytes, *, make_dirs: bool = True) -> None:
-    """Replace ``path`` with ``data``: temp file in the same folder, fsync, rename."""
+def write_file_atomic(
+    path: Path, data: bytes, *, make_dirs: bool = True, mode: int | None = None
+) -> None:
+    """Replace ``path`` with ``data``: temp file in the same folder, fsync, rename.
+
+    ``mode``: the new file's permission bits (default: the umask's).
+    """
     tmp = _temp_path(path)
     try:
         if make_dirs:
             path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -129,7 +129,6 @@ class Editable:
     yaml: Any
     data: Any
     created: bool = False
-    messages: list[str] = field(default_factory=list)
 
     @classmethod
     def open(cls, path: Path, *, create: bool = False) -> Editable:
@@ -216,7 +215,10 @@ class Editable:
             ) from None
         finally:
             check.unlink(missing_ok=True)
-        write_file_atomic(self.path, text.encode())
+        # A symlinked feeds.yaml stays a symlink, and the file keeps its permissions.
+        target = self.path.resolve()
+        mode = target.stat().st_mode & 0o7777 if target.exists() else None
+        write_file_atomic(target, text.encode(), mode=mode)
         return config
 
 

@@ -239,3 +239,14 @@ def test_export_opml_command(tmp_path: Path) -> None:
     assert [o.get("xmlUrl") for o in outlines] == [f.url for f in load_config(path).feeds]
     assert outlines[0].get("category") == "world,uk" and outlines[0].get("text") == "BBC World"
     assert outlines[4].get("text") == "https://feeds.npr.org/1001/rss.xml"  # not polled yet
+
+
+def test_edits_keep_a_symlinked_feeds_yaml_and_its_permissions(tmp_path: Path) -> None:
+    real = shipped_config(tmp_path)
+    real.chmod(0o600)
+    (tmp_path / "conf").mkdir()
+    link = tmp_path / "conf" / "feeds.yaml"
+    link.symlink_to(real)
+    add_feed(link, "https://example.com/feed.xml", check=False)
+    assert link.is_symlink() and "https://example.com/feed.xml" in real.read_text()
+    assert real.stat().st_mode & 0o777 == 0o600
