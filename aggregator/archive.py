@@ -40,6 +40,11 @@ POSTS_DIR = "_posts"
 RSS_FILE, ATOM_FILE, JSON_FILE = "feed.xml", "atom.xml", "feed.json"  # the merged feed
 
 
+def state_path(root: Path) -> Path:
+    """The index of the archive at ``root``."""
+    return root / STATE_DIR / "state.sqlite3"
+
+
 def outputs_missing(root: Path) -> bool:
     """True if any file of the merged feed is absent (then it is published even unchanged)."""
     return not all((root / name).is_file() for name in (RSS_FILE, ATOM_FILE, JSON_FILE))
@@ -159,7 +164,7 @@ class Archive:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.state = State(root / STATE_DIR / "state.sqlite3")
+        self.state = State(state_path(root))
         ignore = root / STATE_DIR / ".gitignore"
         if not ignore.exists():
             write_file_atomic(ignore, b"# the index is rebuilt by `aggregator reindex`\n*\n")

@@ -195,11 +195,11 @@ def status(args: argparse.Namespace) -> int:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    from aggregator.archive import STATE_DIR  # noqa: PLC0415
+    from aggregator.archive import state_path  # noqa: PLC0415
     from aggregator.state import State  # noqa: PLC0415
 
     cfg = _load(args.config)
-    db = cfg.archive / STATE_DIR / "state.sqlite3"
+    db = state_path(cfg.archive)
     if not db.exists():
         raise _fail(AggregatorError(f"no archive index at {db}: run `aggregator poll` first"))
     try:
@@ -358,13 +358,13 @@ def export_opml(args: argparse.Namespace) -> int:
 
     Tags become each outline's category. Example: aggregator export-opml > feeds.opml
     """
-    from aggregator.archive import STATE_DIR  # noqa: PLC0415
+    from aggregator.archive import state_path  # noqa: PLC0415
     from aggregator.sources import export_opml as do_export  # noqa: PLC0415
     from aggregator.state import State  # noqa: PLC0415
 
     cfg = _load(args.config)
     names: dict[str, str] = {}
-    db = cfg.archive / STATE_DIR / "state.sqlite3"
+    db = state_path(cfg.archive)
     if db.exists():  # names learned from the feeds themselves
         try:
             state = State(db, readonly=True)

@@ -17,6 +17,7 @@ import yaml
 from aggregator.errors import ConfigError, ConfigProblem
 from aggregator.models import (
     DEFAULT_HOST,
+    DEFAULT_LINK,
     DEFAULT_MAX_ENTRIES,
     DEFAULT_MAX_FEED_BYTES,
     DEFAULT_MAX_IN_FLIGHT,
@@ -227,7 +228,7 @@ _FEED = _mapping(
 _TOP = _mapping(
     {
         "title": (_simple(_text), "Aggregator"),
-        "link": (_simple(_http_url), "http://127.0.0.1:8080/"),
+        "link": (_simple(_http_url), DEFAULT_LINK),
         "description": (_simple(_string), "The newest items of all my feeds."),
         "archive": (_simple(_text), "archive"),
         "max_items": (_simple(_integer(1, 10_000)), DEFAULT_MAX_ITEMS),

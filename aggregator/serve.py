@@ -290,9 +290,9 @@ def make_server(site: Site) -> uvicorn.Server:
 
 def serve_archive(config: Config, host: str, port: int) -> None:
     """``aggregator serve``: the web app over an existing archive, until Ctrl-C/SIGTERM."""
-    from aggregator.archive import STATE_DIR  # noqa: PLC0415
+    from aggregator.archive import state_path  # noqa: PLC0415
 
-    db = config.archive / STATE_DIR / "state.sqlite3"
+    db = state_path(config.archive)
     if not db.exists():
         raise AggregatorError(f"no archive index at {db}: run `aggregator poll` first")
     state = State(db, readonly=True)

@@ -15,17 +15,28 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
 from aggregator.archive import write_file_atomic
 from aggregator.errors import AggregatorError, ConfigError, FeedError
-from aggregator.models import KEEP_GLOBAL, Config, FeedSource, NotModified, Validators
+from aggregator.models import (
+    DEFAULT_LINK,
+    KEEP_GLOBAL,
+    Config,
+    FeedSource,
+    Fetched,
+    NotModified,
+    Validators,
+)
 from aggregator.sanitize import xml_safe
 from aggregator.timing import format_duration
 from aggregator.urls import is_http_url, normalize_url, resolve_url
 
-FEED_TYPES = (
+if TYPE_CHECKING:
+    from aggregator.fetch import FetchSettings
+
+FEED_MEDIA_TYPES = (
     "application/rss+xml",
     "application/atom+xml",
     "application/feed+json",
@@ -63,7 +74,7 @@ def discover_links(page: bytes, base: str) -> list[tuple[str, str | None]]:
         rel: Any = link.get("rel") or []
         rels = {str(r).lower() for r in (rel if isinstance(rel, list) else str(rel).split())}
         kind = str(link.get("type") or "").split(";")[0].strip().lower()
-        if "alternate" not in rels or kind not in FEED_TYPES:
+        if "alternate" not in rels or kind not in FEED_MEDIA_TYPES:
             continue
         url = resolve_url(str(link["href"]).strip(), base)
         if url and is_http_url(url) and url not in found:
@@ -82,17 +93,20 @@ def _looks_like_html(content: bytes, content_type: str | None) -> bool:
     return start.startswith((b"<!doctype html", b"<html"))
 
 
-async def find_feed(url: str, config: Config, transport: Any = None) -> Found:
+async def find_feed(url: str, settings: FetchSettings, transport: Any = None) -> Found:
     """Fetch ``url``; if it is a page, follow its first announced feed; parse the feed once."""
     from aggregator.fetch import fetch_feed, make_client  # noqa: PLC0415
     from aggregator.parse import parse_feed  # noqa: PLC0415
-    from aggregator.pipeline import fetch_settings  # noqa: PLC0415
 
-    settings = fetch_settings(config)
     async with make_client(settings, transport) as client:
-        fetched = await fetch_feed(client, url, Validators(), settings)
-        if isinstance(fetched, NotModified):  # we sent no validators: a broken server
-            raise SourcesError(f"{url}: the server answered 304 to an unconditional request")
+
+        async def get(url: str) -> Fetched:
+            fetched = await fetch_feed(client, url, Validators(), settings)
+            if isinstance(fetched, NotModified):  # we sent no validators: a broken server
+                raise SourcesError(f"{url}: the server answered 304 to an unconditional request")
+            return fetched
+
+        fetched = await get(url)
         alternatives: list[tuple[str, str | None]] = []
         if _looks_like_html(fetched.content, fetched.content_type):
             alternatives = discover_links(fetched.content, fetched.final_url)
@@ -102,9 +116,7 @@ async def find_feed(url: str, config: Config, transport: Any = None) -> Found:
                     "of an RSS, Atom or JSON Feed type); give the feed's own URL"
                 )
             url = alternatives[0][0]
-            fetched = await fetch_feed(client, url, Validators(), settings)
-            if isinstance(fetched, NotModified):
-                raise SourcesError(f"{url}: the server answered 304 to an unconditional request")
+            fetched = await get(url)
     parsed = parse_feed(fetched.content, fetched.final_url, fetched.content_type)
     return Found(url, parsed.title, tuple(alternatives))
 
@@ -251,15 +263,21 @@ def add_feed(
 ) -> tuple[Found, Config]:
     """Append ``url`` (or the feed its page announces) to feeds.yaml."""
     from aggregator.config import load_config  # noqa: PLC0415
+    from aggregator.fetch import FetchSettings, default_user_agent  # noqa: PLC0415
+    from aggregator.pipeline import fetch_settings  # noqa: PLC0415
 
     if not is_http_url(url):
         raise SourcesError(f"{url!r} is not an http:// or https:// URL")
     editable = Editable.open(path, create=True)
     _refuse_duplicate(editable, url)
     if check:
-        config = load_config(path) if not editable.created else _bare_config(path)
+        settings = (
+            FetchSettings(user_agent=default_user_agent(DEFAULT_LINK))
+            if editable.created
+            else fetch_settings(load_config(path))
+        )
         try:
-            found = asyncio.run(find_feed(url, config, transport))
+            found = asyncio.run(find_feed(url, settings, transport))
         except FeedError as e:
             raise SourcesError(
                 f"{e}; not added (check the URL, or add it anyway with --no-check)"
@@ -270,16 +288,6 @@ def add_feed(
         found = Found(url, None)
     editable.append(feed_entry(found.url, name or found.title, tags, interval))
     return found, editable.save()
-
-
-def _bare_config(path: Path) -> Config:
-    return Config(
-        path=path,
-        title="Aggregator",
-        link="http://127.0.0.1:8080/",
-        description="",
-        archive=path.parent / "archive",
-    )
 
 
 def _refuse_duplicate(editable: Editable, url: str) -> None:
@@ -386,7 +394,7 @@ def _options(outline: Any) -> dict[str, Any]:
         value = outline.get(key)
         if value is None:
             continue
-        if key in ("full_content",) or (key == "image_proxy" and value == "false"):
+        if key == "full_content" or (key == "image_proxy" and value == "false"):
             options[key] = value == "true"
         elif key == "strip":
             options[key] = [s for s in value.split("\n") if s.strip()]
