@@ -259,7 +259,7 @@ def _plain_rss(channel: Any, url: str, limit: int | None) -> dict[str, Any]:
 
 def _plain_rss_item(item: Any, url: str) -> dict[str, Any]:
     entry: dict[str, Any] = {}
-    for element in _children(item, _RSS_ITEM):
+    for element in item:  # its children were checked by _selected
         tag = element.tag
         if tag == "title":
             entry["title_detail"] = _rss_text(element, url)
@@ -312,7 +312,7 @@ def _plain_atom(root: Any, url: str, limit: int | None) -> dict[str, Any]:
 
 def _plain_atom_entry(node: Any, url: str) -> dict[str, Any]:
     entry: dict[str, Any] = {}
-    for element in _children(node, _ATOM_ENTRY):
+    for element in node:  # its children were checked by _selected
         tag = element.tag
         if tag == _A + "title":
             entry["title_detail"] = _atom_text(element, url)

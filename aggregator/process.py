@@ -95,8 +95,6 @@ def apply_rules(entry: Entry, rules: ItemRules, name: str) -> Entry | None:
     selectors are removed, the filters look at the title and the remaining text, and the
     title template is applied.
     """
-    if rules == _DEFAULT_RULES:
-        return entry
     content = entry.content
     if not rules.full_content:
         content = entry.summary or _excerpt(content)
@@ -115,9 +113,6 @@ def apply_rules(entry: Entry, rules: ItemRules, name: str) -> Entry | None:
     # a feed's options must not make its old items new again.
     guid = entry.guid if entry.link or entry.guid else item_source(entry)
     return dataclasses.replace(entry, title=title, content=content, guid=guid)
-
-
-_DEFAULT_RULES = ItemRules()
 
 
 def _excerpt(content: str) -> str:

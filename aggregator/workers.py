@@ -54,7 +54,10 @@ def prepare(job: Job) -> Prepared:
     parsed = parse_feed(job.content, job.url, job.content_type, max_entries=job.max_entries)
     name = job.name or parsed.title or job.fallback_name
     site = parsed.link or job.feed_url
-    shaped = [apply_rules(entry, job.rules, name) for entry in reversed(parsed.entries)]
+    entries = list(reversed(parsed.entries))
+    shaped = (
+        entries if job.rules == ItemRules() else [apply_rules(e, job.rules, name) for e in entries]
+    )
     posts = tuple(
         make_post(
             entry,
