@@ -21,6 +21,7 @@ COMMANDS = [
     "remove",
     "import-opml",
     "export-opml",
+    "demo",
 ]
 
 
