@@ -4,7 +4,8 @@ A :class:`Job` is a fetched body plus what its posts need from the config; the r
 the feed's metadata and one rendered :class:`~aggregator.models.Post` per entry
 considered (the newest ``max_entries``), oldest first. The main process then only
 dedupes and writes. Jobs run in a pool of worker processes started by a forkserver with
-the parsing modules preloaded, or in a thread when ``workers: 0``.
+the parsing modules preloaded, or in a thread when ``workers: 0``. None of them outlives
+this process (see :mod:`aggregator.lifeline`).
 """
 
 from __future__ import annotations
@@ -113,7 +114,11 @@ class Workers:
         from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
 
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["aggregator.parse", "aggregator.process"])
+        # lifeline first: the forkserver and its workers die with this process, whatever
+        # kills it, and leave SIGINT/SIGTERM to it.
+        context.set_forkserver_preload(
+            ["aggregator.lifeline", "aggregator.parse", "aggregator.process"]
+        )
         return ProcessPoolExecutor(self.count, mp_context=context)
 
     async def prepare(self, job: Job) -> Prepared:

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,3 +47,56 @@ def write_config(tmp_path: Path, feeds: list[dict[str, object]], **top: object) 
     path = tmp_path / "feeds.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
+
+
+# No process left behind ------------------------------------------------------------------
+# Every process a test starts inherits this marker in its environment; when the session
+# ends, none may be left (this process's forkserver and resource tracker, which end with
+# it, are stopped first). Orphans re-parented to PID 1 are found too: they keep their environment.
+
+_MARK = "AGGREGATOR_TEST_SESSION"
+
+
+def marked_processes(mark: str) -> dict[int, str]:
+    """pid → command line of every process (but this one) whose environment has ``mark``."""
+    found = {}
+    needle = f"{_MARK}={mark}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found[int(entry.name)] = cmd.strip()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ[_MARK] = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import multiprocessing.forkserver
+    import multiprocessing.resource_tracker
+
+    for helper in (  # this process's own helpers, which would end with it
+        multiprocessing.forkserver._forkserver,
+        multiprocessing.resource_tracker._resource_tracker,
+    ):
+        with contextlib.suppress(Exception):
+            helper._stop()  # type: ignore[attr-defined]
+    mark = os.environ.get(_MARK, "")
+    if not mark or not Path("/proc/self/environ").exists():
+        return
+    deadline = time.monotonic() + 10
+    while (left := marked_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if left:
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        lines = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in sorted(left.items()))
+        print(f"\nprocesses left behind by the test suite (now killed):\n{lines}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

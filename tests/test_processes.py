@@ -1,0 +1,144 @@
+"""No process outlives the aggregator: after `kill -9` of `poll` or `run`, every process
+it started (the forkserver, the parse workers, the resource tracker) is gone; Ctrl-C and
+SIGTERM, sent to the whole process group as a terminal or a service manager does, stop
+everything with exit status 0 and no traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.farm import Answer, Farm, Request, rss
+from tests.test_scheduler import free_port
+
+
+def group(pgid: int) -> dict[int, str]:
+    """pid → command line of the live processes of process group ``pgid``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found[int(entry.name)] = cmd.strip()
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def wait_for(condition: object, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def slow_feeds(farm: Farm, count: int) -> list[str]:
+    """Feeds that take a while to answer, with enough items to keep the workers busy."""
+
+    def answer(request: Request) -> Answer:
+        time.sleep(0.4)
+        n = request.path.strip("/")
+        items = [{"title": f"{n} {i}", "link": f"https://{n}.example/{i}"} for i in range(40)]
+        return Answer(200, rss(items))
+
+    paths = [f"/f{i}" for i in range(count)]
+    for path in paths:
+        farm.routes[path] = answer
+    return paths
+
+
+def config(tmp_path: Path, farm: Farm, paths: list[str], port: int) -> Path:
+    lines = [f"link: http://127.0.0.1:{port}/", f"serve: {{port: {port}}}", "workers: 2"]
+    lines += ["max_in_flight_per_host: 4", "feeds:"]
+    lines += [f"  - url: {farm.url(p)}" for p in paths]
+    path = tmp_path / "feeds.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts, each in a session of its own; all killed at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        for pid in group(proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def start(command: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aggregator", command, "-c", str(cfg)],
+        stdout=log.with_suffix(".out").open("wb"),
+        stderr=log.open("wb"),
+        start_new_session=True,  # its own process group, like a command typed in a shell
+    )
+
+
+def workers_up(proc: subprocess.Popen[bytes]) -> bool:
+    """The forkserver and at least one worker run beside the main process."""
+    return sum("forkserver" in cmd for cmd in group(proc.pid).values()) >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["poll", "run"])
+def test_no_process_survives_kill_9(
+    command: str, tmp_path: Path, farm: Farm, started: list[subprocess.Popen[bytes]]
+) -> None:
+    cfg = config(tmp_path, farm, slow_feeds(farm, 12), free_port())
+    proc = start(command, cfg, tmp_path / "log")
+    started.append(proc)
+    wait_for(lambda: workers_up(proc), "the parse workers")
+    before = group(proc.pid)
+    assert len(before) >= 4, before  # main, forkserver, worker(s), resource tracker
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wait_for(lambda: not group(proc.pid), f"the processes of {command} to end", timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("command", "sig"),
+    [(c, s) for c in ("poll", "run") for s in (signal.SIGINT, signal.SIGTERM)],
+)
+def test_ctrl_c_and_sigterm_stop_everything_quietly(
+    command: str,
+    sig: signal.Signals,
+    tmp_path: Path,
+    farm: Farm,
+    started: list[subprocess.Popen[bytes]],
+) -> None:
+    cfg = config(tmp_path, farm, slow_feeds(farm, 12), free_port())
+    log = tmp_path / "log"
+    proc = start(command, cfg, log)
+    started.append(proc)
+    wait_for(lambda: workers_up(proc), "the parse workers")
+    os.killpg(proc.pid, sig)  # to every process of the group, as a terminal does
+    assert proc.wait(timeout=30) == 0
+    wait_for(lambda: not group(proc.pid), "every process of the group to end", timeout=10)
+    stderr = log.read_text()
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    if command == "poll":
+        out = log.with_suffix(".out").read_text().splitlines()
+        assert len(out) == 1 and out[0].startswith("stopped early: "), out
+        assert not any("error" in line.lower() for line in stderr.splitlines()), stderr
+    else:
+        assert "stopped" in stderr
