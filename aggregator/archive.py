@@ -25,13 +25,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from aggregator.errors import ArchiveError
-from aggregator.models import Post
+from aggregator.errors import ArchiveError, IndexDamaged
+from aggregator.models import FeedSource, Post
 from aggregator.state import ItemRecord, State
+from aggregator.timing import http_date
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,21 @@ def state_path(root: Path) -> Path:
 def outputs_missing(root: Path) -> bool:
     """True if any file of the merged feed is absent (then it is published even unchanged)."""
     return not all((root / name).is_file() for name in (RSS_FILE, ATOM_FILE, JSON_FILE))
+
+
+def read_index(root: Path) -> State:
+    """The archive's index, open for reading only (``status``, ``serve``, export-opml):
+    works next to a running daemon and on an archive this user may not write."""
+    path = state_path(root)
+    if not path.exists():
+        posts = root / POSTS_DIR
+        if next(_walk(posts, POSTS_DIR), None) is not None:
+            raise ArchiveError(
+                f"no archive index at {path}, but {posts} has posts: `aggregator reindex` "
+                "rebuilds it from them (`aggregator poll` and `run` do so by themselves)"
+            )
+        raise ArchiveError(f"no archive index at {path}: run `aggregator poll` first")
+    return State(path, readonly=True)
 
 
 class ArchiveLocked(ArchiveError):
@@ -160,14 +175,82 @@ class StoredPost:
 
 
 class Archive:
-    """An archive folder and its index. Call :meth:`recover` before writing."""
+    """An archive folder and its index, open for writing. Call :meth:`prepare` (or at least
+    :meth:`recover`) before writing.
+
+    A damaged index file is moved aside (kept, with the time in its name) and replaced by
+    a new one, which :meth:`prepare` rebuilds from the posts.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.state = State(state_path(root))
+        self.state = self._open_index()
         ignore = root / STATE_DIR / ".gitignore"
         if not ignore.exists():
             write_file_atomic(ignore, b"# the index is rebuilt by `aggregator reindex`\n*\n")
+
+    def _open_index(self) -> State:
+        path = state_path(self.root)
+        try:
+            return State(path)
+        except IndexDamaged as e:
+            self._move_aside(path, e)
+            return State(path)
+
+    def replace_damaged_index(self, error: IndexDamaged) -> None:
+        """Move the open index aside and start a new, empty one (then rebuild it)."""
+        self.state.close()
+        self._move_aside(self.state.path, error)
+        self.state = State(self.state.path)
+
+    def _move_aside(self, path: Path, error: IndexDamaged) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = path.with_name(f"{path.name}.damaged-{stamp}")
+        try:
+            for suffix in ("", "-wal", "-shm"):  # a stale -wal must not meet the new file
+                part = path.with_name(path.name + suffix)
+                if part.exists():
+                    os.replace(part, aside.with_name(aside.name + suffix))
+        except OSError as e:
+            raise ArchiveError(f"{error}; moving it aside failed: {e.strerror or e}") from e
+        cause = str(error.__cause__ or error).split(" (", 1)[0]
+        log.warning(
+            "the index %s was damaged (%s): moved it to %s; it is rebuilt from the posts",
+            path, cause, aside.name,
+        )  # fmt: skip
+
+    def prepare(self, feeds: Iterable[FeedSource], now: datetime) -> None:
+        """Make the index fit for a pass: settle interrupted writes, rebuild the index from
+        the posts if it was lost (so that nothing is archived twice), and place items dated
+        ahead of the clock at ``now``."""
+        self.recover()
+        if not self.state.has_items() and self.has_posts():
+            log.warning(
+                "the index %s lists no posts but %s has some: rebuilding it from the posts "
+                "(as `aggregator reindex` does) before polling",
+                self.state.path, self.root / POSTS_DIR,
+            )  # fmt: skip
+            count, problems = self.reindex(self.names_of(feeds))
+            for problem in problems:
+                log.warning("reindex: %s", problem)
+            log.warning("indexed %d posts", count)
+        if moved := self.state.settle_future(now):
+            log.warning(
+                "%d items were archived with dates ahead of the clock (was the clock wrong?); "
+                "they are placed at %s in the merged feed",
+                moved, now.isoformat(timespec="seconds"),
+            )  # fmt: skip
+
+    def has_posts(self) -> bool:
+        """Whether ``_posts/`` holds at least one post (stops at the first)."""
+        return next(self.post_paths(), None) is not None
+
+    def names_of(self, feeds: Iterable[FeedSource]) -> dict[str, str]:
+        """Source name → feed URL, for :meth:`reindex`: the names the index learned, then
+        those feeds.yaml gives."""
+        names = {name: url for url, name in self.state.feed_names().items()}
+        names.update({f.name: f.url for f in feeds if f.name})
+        return names
 
     def close(self) -> None:
         self.state.close()
@@ -307,11 +390,8 @@ class Archive:
         )
 
     def post_paths(self) -> Iterator[str]:
-        """Every post file under ``_posts/``, relative to the archive, sorted."""
-        posts = self.root / POSTS_DIR
-        for path in sorted(posts.rglob("*.md")):
-            if not path.name.startswith("."):
-                yield path.relative_to(self.root).as_posix()
+        """Every post file under ``_posts/``, relative to the archive, in order."""
+        yield from _walk(self.root / POSTS_DIR, POSTS_DIR)
 
     def reindex(self, names: dict[str, str]) -> tuple[int, list[str]]:
         """Rebuild the item index from the posts; ``names`` maps source name → feed URL.
@@ -345,6 +425,23 @@ class Archive:
         return len(records), problems
 
 
+def _walk(folder: Path, relative: str) -> Iterator[str]:
+    """The ``*.md`` files under ``folder`` (not hidden ones), sorted, lazily."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise ArchiveError(f"cannot list {folder}: {e.strerror or e}") from e
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), f"{relative}/{entry.name}")
+        elif entry.name.endswith(".md"):
+            yield f"{relative}/{entry.name}"
+
+
 def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     import frontmatter  # noqa: PLC0415 -- only publish and reindex read posts
 
@@ -366,8 +463,7 @@ def _split_body(body: str) -> tuple[datetime | None, str]:
         inner = inner[len("<div>\n") : -len("\n</div>")]
     published = None
     if inner.startswith(_DATE_OPEN) and (end := inner.find(_DATE_CLOSE)) > 0:
-        with contextlib.suppress(TypeError, ValueError):
-            published = parsedate_to_datetime(inner[len(_DATE_OPEN) : end]).astimezone(UTC)
+        published = http_date(inner[len(_DATE_OPEN) : end])
         if published is not None:
             inner = inner[end + len(_DATE_CLOSE) :]
     return published, inner

@@ -105,8 +105,10 @@ def poll(args: argparse.Namespace) -> int:
     """Poll every feed once, archive new items, republish the merged feed, exit.
 
     Prints one line per feed (new N / unchanged / error: reason). Exit status 0 when
-    every feed was fetched or unchanged, 1 when any failed, 2 on an invalid config.
-    Refuses to run (exit 1) while `aggregator run` is using the same archive.
+    every feed was fetched or unchanged, 1 when any failed or the merged feed could not
+    be written (the next pass writes it), 2 on an invalid config. Ctrl-C or SIGTERM
+    stops it early (exit 0): what was archived is published. Refuses to run (exit 1)
+    while `aggregator run` is using the same archive.
 
     Example (cron, every 30 minutes): */30 * * * * cd ~/feeds && aggregator poll -q
     """
@@ -131,11 +133,18 @@ def poll(args: argparse.Namespace) -> int:
             if progress is not None:
                 with progress:
                     task = progress.add_task("polling", total=len(cfg.feeds))
-                    outcome = run_pass(cfg, on_result=advance)
+                    outcome = run_pass(cfg, on_result=advance, handle_signals=True)
             else:
-                outcome = run_pass(cfg)
+                outcome = run_pass(cfg, handle_signals=True)
     except AggregatorError as e:
         raise _fail(e) from None
+    published = f"; published {cfg.archive}" if outcome.published else ""
+    if outcome.skipped:
+        print(
+            f"stopped early: {len(outcome.results)} of {len(cfg.feeds)} feeds polled, "
+            f"{outcome.new} new items{published}"
+        )
+        return EXIT_OK
     for r in outcome.results:
         if r.outcome == ERROR:
             status = f"error: {r.error}"
@@ -144,9 +153,15 @@ def poll(args: argparse.Namespace) -> int:
         print(f"{r.name} <{r.url}>: {status}")
     print(
         f"{len(outcome.results)} feeds: {outcome.new} new items, {len(outcome.failed)} failed"
-        + (f"; published {cfg.archive}" if outcome.published else "")
+        + published
     )
-    return EXIT_FAILED if outcome.failed else EXIT_OK
+    if outcome.publish_error:
+        print(
+            f"error: the merged feed was not written: {outcome.publish_error} "
+            "(the next pass writes it)",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if outcome.failed or outcome.publish_error else EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,26 +203,27 @@ def serve(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     """Print each feed's health: last poll, outcome, new items in 24 h, errors, next poll.
 
-    Reads the archive's index only, so it works while `aggregator run` is running.
+    Reads the archive's index only, so it works while `aggregator run` is running, and
+    on an archive you may not write.
 
     Example: aggregator status -c feeds.yaml
     """
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    from aggregator.archive import state_path  # noqa: PLC0415
-    from aggregator.state import State  # noqa: PLC0415
+    from aggregator.archive import read_index  # noqa: PLC0415
+    from aggregator.health import feed_rows  # noqa: PLC0415
+    from aggregator.lifecycle import Health  # noqa: PLC0415
 
     cfg = _load(args.config)
-    db = state_path(cfg.archive)
-    if not db.exists():
-        raise _fail(AggregatorError(f"no archive index at {db}: run `aggregator poll` first"))
+    now = datetime.now(UTC)
     try:
-        state = State(db, readonly=True)
-        records = state.feeds()
-        now = datetime.now(UTC)
-        recent = state.new_items_since(now - timedelta(hours=24))
-        state.close()
+        state = read_index(cfg.archive)
+        try:
+            rows = feed_rows(cfg, state.statuses(), now)
+            recent = state.new_items_since(now - timedelta(hours=24))
+        finally:
+            state.close()
     except AggregatorError as e:
         raise _fail(e) from None
 
@@ -217,21 +233,19 @@ def status(args: argparse.Namespace) -> int:
     table = Table(
         "name", "url", "last poll (UTC)", "outcome", "new 24h", "errors", "next poll (UTC)"
     )
-    for source in cfg.feeds:
-        r = records.get(source.url)
-        outcome = (r.last_outcome or "-") if r else "not polled yet"
-        if r and r.last_outcome == "error":
-            outcome = f"error: {r.last_error}"
+    for row in rows:
+        s = row.status
+        outcome = (s.outcome or "-") if s else "not polled yet"
+        if row.health.state in (Health.FAILING, Health.OVERDUE, Health.GONE):
+            outcome = f"{row.health.state}: {row.health.reason}"
         table.add_row(
-            source.name or (r.name if r and r.name else source.url),
-            source.url,
-            when(r.last_poll if r else None),
+            row.name,
+            row.url,
+            when(s.last_poll if s else None),
             outcome,
-            str(recent.get(source.url, 0)),
-            str(r.error_count if r else 0),
-            "gone"
-            if r and r.gone_settings == source.settings
-            else when(r.next_poll if r else None),
+            str(recent.get(row.url, 0)),
+            str(s.errors_in_a_row if s else 0),
+            "gone" if row.health.state is Health.GONE else when(s.next_poll if s else None),
         )
     console = Console() if sys.stdout.isatty() else Console(width=250, no_color=True)
     console.print(table)
@@ -241,12 +255,14 @@ def status(args: argparse.Namespace) -> int:
 def reindex(args: argparse.Namespace) -> int:
     """Rebuild the item index (archive/.aggregator/state.sqlite3) from the posts.
 
-    Use it after deleting or editing posts by hand, or if the index was lost: the
-    posts are the truth. HTTP validators are kept. Republishes the merged feed.
+    Use it after deleting or editing posts by hand, or if the index was lost or damaged
+    (a damaged one is moved aside, not deleted): the posts are the truth. HTTP
+    validators are kept when they can be read. Republishes the merged feed.
 
     Example: aggregator reindex -c feeds.yaml
     """
     from aggregator.archive import Archive, lock_archive  # noqa: PLC0415
+    from aggregator.errors import IndexDamaged  # noqa: PLC0415
     from aggregator.pipeline import utc_now  # noqa: PLC0415
     from aggregator.publish import publish  # noqa: PLC0415
 
@@ -254,9 +270,13 @@ def reindex(args: argparse.Namespace) -> int:
     _setup_logging(args)
     try:
         with lock_archive(cfg.archive), Archive(cfg.archive) as archive:
-            archive.recover()
-            names = {name: url for url, name in archive.state.feed_names().items()}
-            names.update({f.name: f.url for f in cfg.feeds if f.name})
+            try:
+                archive.state.check()
+                archive.recover()
+                names = archive.names_of(cfg.feeds)
+            except IndexDamaged as e:
+                archive.replace_damaged_index(e)
+                names = archive.names_of(cfg.feeds)
             count, problems = archive.reindex(names)
             publish(cfg, archive, utc_now())
     except AggregatorError as e:
@@ -358,20 +378,19 @@ def export_opml(args: argparse.Namespace) -> int:
 
     Tags become each outline's category. Example: aggregator export-opml > feeds.opml
     """
-    from aggregator.archive import state_path  # noqa: PLC0415
+    from aggregator.archive import read_index  # noqa: PLC0415
     from aggregator.sources import export_opml as do_export  # noqa: PLC0415
-    from aggregator.state import State  # noqa: PLC0415
 
     cfg = _load(args.config)
     names: dict[str, str] = {}
-    db = state_path(cfg.archive)
-    if db.exists():  # names learned from the feeds themselves
+    try:  # names learned from the feeds themselves, if there is an index to read
+        state = read_index(cfg.archive)
         try:
-            state = State(db, readonly=True)
             names = state.feed_names()
+        finally:
             state.close()
-        except AggregatorError:
-            pass
+    except AggregatorError as e:
+        logging.getLogger(__name__).debug("export-opml without learned names: %s", e)
     sys.stdout.buffer.write(do_export(cfg, names))
     return EXIT_OK
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from aggregator.errors import ConfigError, ConfigProblem
+from aggregator.errors import ConfigError, ConfigProblem, ConfigUnreadable
 from aggregator.models import (
     DEFAULT_HOST,
     DEFAULT_LINK,
@@ -338,8 +338,9 @@ def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
         raise fail(
             "file not found (point -c/--config or $AGGREGATOR_CONFIG at feeds.yaml)"
         ) from None
-    except OSError as e:
-        raise fail(f"cannot read: {e.strerror or e}") from None
+    except OSError as e:  # permissions, too many open files, ...: may pass
+        problem = ConfigProblem(name, None, "", f"cannot read: {e.strerror or e}")
+        raise ConfigUnreadable([problem]) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

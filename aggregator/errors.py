@@ -61,3 +61,11 @@ class ParseError(FeedError):
 
 class ArchiveError(AggregatorError):
     """A post or a published file could not be written, or the archive is inconsistent."""
+
+
+class IndexDamaged(ArchiveError):
+    """The index file is not a sound SQLite database; the posts can rebuild it."""
+
+
+class ConfigUnreadable(ConfigError):
+    """feeds.yaml exists (or may) but could not be read right now: worth reading again."""

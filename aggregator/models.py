@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 from aggregator.timing import DEFAULT_INTERVAL
@@ -120,6 +121,33 @@ class Validators:
 
     def __bool__(self) -> bool:
         return bool(self.etag or self.last_modified)
+
+
+class Outcome(StrEnum):
+    """How a feed's poll ended."""
+
+    NEW = "new"  # new items were archived
+    UNCHANGED = "unchanged"  # fetched (or 304), nothing new
+    ERROR = "error"  # see FeedStatus.error
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStatus:
+    """Everything remembered of one feed's polls: one row of the index, decided after each
+    poll by :func:`aggregator.lifecycle.after_poll` and read by the scheduler, ``status``,
+    the home page and ``/healthz``."""
+
+    url: str  # as feeds.yaml names it
+    name: str | None = None  # the feed's own title, learned at its last good poll
+    validators: Validators = Validators()
+    last_poll: datetime | None = None
+    outcome: Outcome | None = None  # of the last poll; None: never polled
+    error: str | None = None  # why the last poll failed
+    http_status: int | None = None
+    errors_in_a_row: int = 0
+    next_poll: datetime | None = None  # None: not planned (gone, or never polled)
+    moved_to: str | None = None  # the new URL after a permanent redirect
+    gone_settings: str | None = None  # its FeedSource.settings when it answered 410 Gone
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,21 +10,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import signal
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from aggregator.archive import Archive, outputs_missing
-from aggregator.errors import AggregatorError, FeedError, FetchError, ParseError
+from aggregator.errors import AggregatorError, ArchiveError, FeedError, FetchError, ParseError
 from aggregator.fetch import FetchSettings, default_user_agent, fetch_feed, make_client
-from aggregator.models import KEEP_GLOBAL, Config, FeedSource, NotModified, Validators
-from aggregator.state import FeedRecord
+from aggregator.lifecycle import (
+    Observation,
+    after_poll,
+    display_name,
+    gone_reason,
+    is_gone,
+    with_next_poll,
+)
+from aggregator.models import (
+    KEEP_GLOBAL,
+    Config,
+    FeedSource,
+    FeedStatus,
+    NotModified,
+    Outcome,
+    Validators,
+)
 from aggregator.timing import cache_hint, retry_after
 from aggregator.workers import HEAVY_BODY, Job, Workers
 
@@ -32,7 +50,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-NEW, UNCHANGED, ERROR = "new", "unchanged", "error"
+NEW, UNCHANGED, ERROR = Outcome.NEW, Outcome.UNCHANGED, Outcome.ERROR
 
 
 def utc_now() -> datetime:
@@ -41,27 +59,31 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class FeedResult:
-    """How one feed's poll ended."""
+    """How one feed's poll ended: the feed's status after it, and what it did."""
 
     url: str
     name: str
-    outcome: str  # new | unchanged | error
-    new: int = 0
-    error: str | None = None
-    status: int | None = None  # the HTTP status, when there was one
-    hint: float | None = None  # seconds the server asked us to wait before the next poll
+    status: FeedStatus  # as lifecycle.after_poll decided it
+    new: int = 0  # posts archived
+    error: str | None = None  # why it failed (or was not polled), one line
     fetch_seconds: float | None = None
-    gone: bool = False  # 410: not polled again until its feeds.yaml entry changes
+    hint: float | None = None  # seconds the server asked us to wait
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.status.outcome or Outcome.ERROR
 
 
 @dataclass(frozen=True, slots=True)
 class PassResult:
     results: tuple[FeedResult, ...]
     published: bool
+    skipped: int = 0  # feeds not polled: the pass was interrupted
+    publish_error: str | None = None  # the merged feed could not be written
 
     @property
     def failed(self) -> list[FeedResult]:
-        return [r for r in self.results if r.outcome == ERROR]
+        return [r for r in self.results if r.outcome is Outcome.ERROR]
 
     @property
     def new(self) -> int:
@@ -92,7 +114,12 @@ class Limits:
 
 
 class Poller:
-    """Polls feeds of one config into one archive, with one HTTP client."""
+    """Polls feeds of one config into one archive, with one HTTP client.
+
+    Holds every feed's :class:`FeedStatus` (loaded from the index once, then kept in
+    memory and stored after each poll): a poll is decided by what the previous one left,
+    even when the index cannot be written for a while.
+    """
 
     def __init__(
         self,
@@ -100,14 +127,20 @@ class Poller:
         archive: Archive,
         client: httpx.AsyncClient,
         clock: Clock = utc_now,
+        *,
         limits: Limits | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.archive = archive
         self.client = client
         self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 -- jitter, not secrets
         self.settings = fetch_settings(config)
         self.limits = limits or Limits(config.max_in_flight, config.max_in_flight_per_host)
+        self.statuses: dict[str, FeedStatus] = archive.state.statuses()
+        self._unsaved: dict[str, FeedStatus] = {}
+        self.index_error: str | None = None  # why statuses could not be stored, until they are
         self.workers = Workers(config.workers)
         # Parses queued at once: enough to keep every worker busy, few enough that big
         # documents do not pile up in memory.
@@ -116,70 +149,107 @@ class Poller:
         # rendered; one at a time, so that two workers never peak together.
         self.heavy = asyncio.Semaphore(1)
 
+    def reconfigure(self, config: Config) -> None:
+        """Use a new version of feeds.yaml from the next poll on (the workers stay)."""
+        old, self.config = self.config, config
+        self.settings = fetch_settings(config)
+        self.client.headers["User-Agent"] = self.settings.user_agent
+        limits = (config.max_in_flight, config.max_in_flight_per_host)
+        if limits != (old.max_in_flight, old.max_in_flight_per_host):
+            self.limits = Limits(*limits)
+
     def close(self) -> None:
         self.workers.close()
 
     async def poll_feed(self, source: FeedSource) -> FeedResult:
-        """Fetch, parse, process and archive one feed; never raises."""
+        """Fetch, parse, process and archive one feed, and record its new status.
+
+        Never raises (but for cancellation): whatever goes wrong becomes the feed's error,
+        and the feed always gets a next poll.
+        """
         started = time.monotonic()
-        state = self.archive.state
-        known = state.feed(source.url)
-        name = source.name or (known.name if known and known.name else _host(source.url))
+        previous = self.statuses.get(source.url)
+        if previous is not None and is_gone(previous, source):
+            name = display_name(source, previous)
+            return FeedResult(source.url, name, previous, error=gone_reason(previous))
+        name = display_name(source, previous)
+        new, fetch_seconds = 0, None
         try:
-            if known and known.gone_settings == source.settings:
-                when = known.last_poll.date() if known.last_poll else "earlier"
-                reason = f"gone (HTTP 410 on {when}); remove it from {self.config.path}"
-                return FeedResult(source.url, name, ERROR, error=reason, status=410, gone=True)
-            if known and known.gone_settings:  # its feeds.yaml entry changed: try again
-                state.set_gone(source.url, None)
-            result = await self._poll(source, known, name)
+            seen, new, fetch_seconds = await self._observe(source, previous)
         except AggregatorError as e:
-            result = self._failure(source, name, e)
+            seen = self._failure(source, e)
         except Exception as e:  # a bug: keep the other feeds going, but say so loudly
             log.exception("feed=%s url=%s internal error", name, source.url)
-            reason = f"internal error: {type(e).__name__}: {e}"
-            result = FeedResult(source.url, name, ERROR, error=reason)
-        if result.outcome == ERROR:
-            try:
-                state.record_poll(
-                    source.url, when=self.clock(), outcome=ERROR, error=result.error,
-                    http_status=result.status,
-                )  # fmt: skip
-            except AggregatorError as e:
-                log.error("feed=%s url=%s cannot record the error: %s", name, source.url, e)
+            seen = Observation(Outcome.ERROR, error=f"internal error: {type(e).__name__}: {e}")
+        status = self.record(source, seen)
+        name = display_name(source, status)
         log.log(
-            logging.WARNING if result.outcome == ERROR else logging.INFO,
+            logging.WARNING if seen.outcome is Outcome.ERROR else logging.INFO,
             "poll feed=%s url=%s status=%s outcome=%s new=%d elapsed=%.2fs%s",
-            result.name, source.url, result.status, result.outcome, result.new,
-            time.monotonic() - started, f" reason={result.error}" if result.error else "",
+            name, source.url, seen.http_status, seen.outcome, new,
+            time.monotonic() - started, f" reason={seen.error}" if seen.error else "",
         )  # fmt: skip
-        return result
+        return FeedResult(
+            source.url, name, status, new, seen.error, fetch_seconds=fetch_seconds, hint=seen.hint
+        )
 
-    async def _poll(self, source: FeedSource, record: FeedRecord | None, name: str) -> FeedResult:
-        state = self.archive.state
-        validators = record.validators if record else Validators()
-        target = (record.moved_to if record else None) or source.url
+    def record(self, source: FeedSource, seen: Observation) -> FeedStatus:
+        """Decide the feed's status after a poll that saw ``seen``, keep it, and store it
+        (or keep it for the next :meth:`flush` if the index cannot be written now)."""
+        previous = self.statuses.get(source.url)
+        status = after_poll(previous, seen, source, self.clock(), self.rng.uniform(-1.0, 1.0))
+        self.statuses[source.url] = status
+        self._unsaved[source.url] = status
+        self.flush()
+        return status
+
+    def plan(self, source: FeedSource, when: datetime) -> None:
+        """Remember a new planned poll for ``source`` (after an edit of feeds.yaml)."""
+        status = with_next_poll(self.statuses.get(source.url), source, when)
+        self.statuses[source.url] = self._unsaved[source.url] = status
+        self.flush()
+
+    def flush(self) -> bool:
+        """Store the statuses not stored yet; False (and ``index_error`` set) if the index
+        refuses, in which case they are kept and tried again at the next call."""
+        if not self._unsaved:
+            return True
+        try:
+            self.archive.state.save_statuses(list(self._unsaved.values()))
+        except AggregatorError as e:
+            if self.index_error is None:
+                log.error("cannot record feed statuses (kept, and retried): %s", e)
+            self.index_error = str(e)
+            return False
+        self._unsaved.clear()
+        if self.index_error is not None:
+            log.warning("the index is writable again; feed statuses recorded")
+            self.index_error = None
+        return True
+
+    async def _observe(
+        self, source: FeedSource, previous: FeedStatus | None
+    ) -> tuple[Observation, int, float | None]:
+        """Poll the feed; return what was seen, the posts archived and the fetch time."""
+        validators = previous.validators if previous else Validators()
+        target = (previous.moved_to if previous else None) or source.url
         fetch_started = time.monotonic()
         async with self.limits.slot(target):
             fetched = await fetch_feed(self.client, target, validators, self.settings)
         fetch_seconds = time.monotonic() - fetch_started
         if isinstance(fetched, NotModified):
-            changed = fetched.validators if fetched.validators != validators else None
-            state.record_poll(
-                source.url, when=self.clock(), outcome=UNCHANGED, http_status=304,
-                validators=changed,
-            )  # fmt: skip
             hint = cache_hint(fetched.headers, None, self.clock())
-            return FeedResult(
-                source.url, name, UNCHANGED, status=304, hint=hint, fetch_seconds=fetch_seconds
+            seen = Observation(
+                Outcome.UNCHANGED, http_status=304, hint=hint, validators=fetched.validators
             )
+            return seen, 0, fetch_seconds
         job = Job(
             content=fetched.content,
             url=fetched.final_url,
             content_type=fetched.content_type,
             feed_url=source.url,
             name=source.name,
-            fallback_name=name,
+            fallback_name=display_name(source, previous),
             tags=source.tags,
             archived=self.clock(),
             image_proxy=self.config.image_proxy
@@ -193,7 +263,8 @@ class Poller:
             async with heavy, self.parsing:  # the heavy slot first: waiting holds no worker
                 prepared = await self.workers.prepare(job)
         except ParseError as e:
-            return FeedResult(source.url, name, ERROR, error=e.reason, status=fetched.status)
+            seen = Observation(Outcome.ERROR, error=e.reason, http_status=fetched.status)
+            return seen, 0, fetch_seconds
         name = prepared.name
         if prepared.warning:
             log.warning("feed=%s url=%s %s", name, source.url, prepared.warning)
@@ -207,52 +278,42 @@ class Poller:
                 "feed=%s url=%s has %d entries; considering the newest %d (max_entries)",
                 name, source.url, prepared.entries, len(prepared.posts) + prepared.filtered,
             )  # fmt: skip
-        if fetched.moved_to:
-            self._moved(source, fetched.moved_to)
-        written = self.archive.store(prepared.posts)
-        outcome = NEW if written else UNCHANGED
-        state.record_poll(
-            source.url, when=self.clock(), outcome=outcome, http_status=fetched.status,
-            name=name, validators=fetched.validators,
-        )  # fmt: skip
-        hint = cache_hint(fetched.headers, prepared.ttl, self.clock())
-        return FeedResult(
-            source.url, name, outcome, len(written), status=fetched.status, hint=hint,
-            fetch_seconds=fetch_seconds,
-        )  # fmt: skip
+        if fetched.moved_to and fetched.moved_to != (previous.moved_to if previous else None):
+            where = f"{self.config.path}:{source.line}" if source.line else str(self.config.path)
+            log.warning(
+                "%s: feed %s has moved permanently to %s; polling the new URL, update feeds.yaml",
+                where, source.url, fetched.moved_to,
+            )  # fmt: skip
+        try:
+            written = self.archive.store(prepared.posts)
+        except ArchiveError as e:  # our fault, not the feed's: retried soon
+            seen = Observation(
+                Outcome.ERROR, error=str(e), http_status=fetched.status, local=True,
+                moved_to=fetched.moved_to,
+            )  # fmt: skip
+            return seen, 0, fetch_seconds
+        seen = Observation(
+            Outcome.NEW if written else Outcome.UNCHANGED,
+            http_status=fetched.status,
+            hint=cache_hint(fetched.headers, prepared.ttl, self.clock()),
+            name=name,
+            validators=fetched.validators,
+            moved_to=fetched.moved_to,
+        )
+        return seen, len(written), fetch_seconds
 
-    def _moved(self, source: FeedSource, new_url: str) -> None:
-        """A permanent redirect: fetch the new URL from now on, and tell the user."""
-        state = self.archive.state
-        if (record := state.feed(source.url)) and record.moved_to == new_url:
-            return
-        state.set_moved(source.url, new_url)
-        where = f"{self.config.path}:{source.line}" if source.line else str(self.config.path)
-        log.warning(
-            "%s: feed %s has moved permanently to %s; polling the new URL, update feeds.yaml",
-            where, source.url, new_url,
-        )  # fmt: skip
-
-    def _failure(self, source: FeedSource, name: str, error: AggregatorError) -> FeedResult:
-        if not isinstance(error, FeedError):
-            return FeedResult(source.url, name, ERROR, error=str(error))
+    def _failure(self, source: FeedSource, error: AggregatorError) -> Observation:
+        if not isinstance(error, FeedError):  # the archive or the index: retried soon
+            return Observation(Outcome.ERROR, error=str(error), local=True)
         status = error.status if isinstance(error, FetchError) else None
         hint = None
         if isinstance(error, FetchError) and status in (429, 503):
             hint = retry_after(error.retry_after, self.clock())
         gone = status == 410
-        if gone:
-            self.archive.state.set_gone(source.url, source.settings)
         reason = error.reason + (
             f"; not polled again until {self.config.path} changes it" if gone else ""
         )
-        return FeedResult(
-            source.url, name, ERROR, error=reason, status=status, hint=hint, gone=gone
-        )
-
-
-def _host(url: str) -> str:
-    return urlsplit(url).hostname or url
+        return Observation(Outcome.ERROR, error=reason, http_status=status, hint=hint, gone=gone)
 
 
 async def poll_all(
@@ -262,8 +323,10 @@ async def poll_all(
     clock: Clock = utc_now,
     transport: httpx.AsyncBaseTransport | None = None,
     on_result: Callable[[FeedResult], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> PassResult:
-    """Poll every feed of ``config`` once, then publish if anything changed."""
+    """Poll every feed of ``config`` once (until ``stop`` is set, if given), then publish
+    if anything changed or an earlier publish did not happen."""
     # Requests are bounded by Poller's Limits; this bounds bodies waiting to be parsed.
     working = asyncio.Semaphore(2 * config.max_in_flight)
     async with make_client(fetch_settings(config), transport) as client:
@@ -276,17 +339,56 @@ async def poll_all(
                 on_result(result)
             return result
 
+        tasks = [asyncio.create_task(one(s)) for s in config.feeds]
         try:
-            results = await asyncio.gather(*(one(s) for s in config.feeds))
+            await _until_done_or_stopped(tasks, stop)
         finally:
             poller.close()
-    published = False
-    if any(r.new for r in results) or outputs_missing(archive.root):
+            poller.flush()
+    results = tuple(t.result() for t in tasks if t.done() and not t.cancelled())
+    published, error = False, None
+    if any(r.new for r in results) or _publish_due(archive):
         from aggregator.publish import publish  # noqa: PLC0415 -- not needed on a warm pass
 
-        publish(config, archive, clock())
-        published = True
-    return PassResult(tuple(results), published)
+        try:
+            publish(config, archive, clock())
+            published = True
+        except AggregatorError as e:
+            error = str(e)
+            log.error("publish failed (the next pass tries again): %s", e)
+    return PassResult(results, published, len(tasks) - len(results), error)
+
+
+async def _until_done_or_stopped(
+    tasks: list[asyncio.Task[FeedResult]], stop: asyncio.Event | None
+) -> None:
+    """Wait for every task, or for ``stop``; then cancel and await the unfinished ones."""
+    everything: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
+    stopped = asyncio.ensure_future(stop.wait()) if stop is not None else None
+    try:
+        await asyncio.wait(
+            [everything] if stopped is None else [everything, stopped],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        if stopped is not None:
+            stopped.cancel()
+        for task in tasks:
+            task.cancel()  # nothing for the finished ones
+        await everything
+    for task in tasks:  # an error poll_feed let through (a bug) is not swallowed
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
+
+
+def _publish_due(archive: Archive) -> bool:
+    """The merged feed lacks a file, or posts were archived that it does not show yet."""
+    if outputs_missing(archive.root):
+        return True
+    try:
+        return archive.state.publish_needed()
+    except AggregatorError:
+        return True
 
 
 def run_pass(
@@ -295,10 +397,25 @@ def run_pass(
     clock: Clock = utc_now,
     transport: httpx.AsyncBaseTransport | None = None,
     on_result: Callable[[FeedResult], None] | None = None,
+    handle_signals: bool = False,
 ) -> PassResult:
-    """Open the archive, settle interrupted writes, poll everything once, publish."""
+    """Open the archive, make its index fit, poll everything once, publish.
+
+    ``handle_signals``: SIGINT and SIGTERM stop the pass early: polls in flight are
+    abandoned (nothing half-written stays), what was archived is published.
+    """
     with Archive(config.archive) as archive:
-        archive.recover()
-        return asyncio.run(
-            poll_all(config, archive, clock=clock, transport=transport, on_result=on_result)
-        )
+        archive.prepare(config.feeds, clock())
+
+        async def main() -> PassResult:
+            stop = asyncio.Event()
+            if handle_signals:
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, stop.set)
+            return await poll_all(
+                config, archive, clock=clock, transport=transport, on_result=on_result,
+                stop=stop,
+            )  # fmt: skip
+
+        return asyncio.run(main())

@@ -73,7 +73,18 @@ class Channel:
 
 def publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
     """Write the merged feed (feed.xml, atom.xml, feed.json), the same three files per
-    tag under ``tags/<slug>/``, and the site's data; return the feeds' paths."""
+    tag under ``tags/<slug>/``, and the site's data; return the feeds' paths.
+
+    Raises :class:`ArchiveError` if anything cannot be written; the index then still
+    says that a publish is due (:meth:`State.publish_needed`), so it is retried.
+    """
+    try:
+        return _publish(config, archive, now)
+    except OSError as e:  # the site's files; the feeds' own writes say which file
+        raise ArchiveError(f"publishing in {archive.root} failed: {e.strerror or e}") from e
+
+
+def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
     base = site_base(config.link)
     main = Channel(config.title, config.description, config.link, base)
     items = _load_items(archive, archive.state.newest(config.max_items), {})
@@ -93,6 +104,7 @@ def publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
         paths += _write_feed(archive.root / TAGS_DIR / tag.slug, channel, tagged, now)
     install_site(archive.root)
     write_site_data(config, archive.root, tags)
+    archive.state.published()
     log.info("published items=%d tags=%d", len(items), len(tags))
     return paths
 

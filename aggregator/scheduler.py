@@ -1,8 +1,10 @@
 """The daemon: every feed on its own schedule (APScheduler), feeds.yaml reloaded live,
-the merged feed served over HTTP, and a clean stop on SIGTERM/SIGINT.
+the merged feed served over HTTP, a watchdog, and a clean stop on SIGTERM/SIGINT.
 
-Scheduling decisions (when is a feed due, when next) are methods that take the time as
-an argument, so tests drive them with a fake clock; APScheduler only fires the timers.
+When each feed is polled is decided by :mod:`aggregator.lifecycle` (pure, tested with a
+fake clock); APScheduler only fires the timers. Whatever happens during a poll, the feed
+gets a next poll; the watchdog checks that every feed has one that the clock can reach,
+retries what failed (storing feed statuses, publishing) and keeps ``/healthz`` honest.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import random
 import signal
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -23,69 +25,31 @@ from apscheduler.triggers.date import DateTrigger
 
 from aggregator.archive import Archive, lock_archive, outputs_missing
 from aggregator.config import load_config
-from aggregator.errors import AggregatorError, ConfigError
+from aggregator.errors import AggregatorError, ConfigError, ConfigUnreadable
 from aggregator.fetch import make_client
+from aggregator.health import CONFIG, INDEX, PUBLISH, Problems
+from aggregator.lifecycle import (
+    Observation,
+    after_edit,
+    display_name,
+    first_polls,
+    is_gone,
+    stray,
+)
 from aggregator.metrics import Metrics
-from aggregator.models import Config, FeedSource
-from aggregator.pipeline import Clock, FeedResult, Limits, Poller, fetch_settings, utc_now
+from aggregator.models import Config, Outcome
+from aggregator.pipeline import Clock, FeedResult, Poller, fetch_settings, utc_now
 from aggregator.publish import publish
-from aggregator.serve import Site, bind, make_server
+from aggregator.serve import Site, bind, make_server, quiet_accept_errors, raise_open_file_limit
 from aggregator.site import config_tags
-from aggregator.state import State
-from aggregator.timing import START_SPREAD, next_delay, spread
+from aggregator.timing import START_SPREAD
 
 log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 20.0  # how long a stop waits for polls in flight
 PUBLISH_DELAY = 1.0  # coalesce the publishes of feeds that finish together
-
-
-class Planner:
-    """When each feed is polled: at start-up, after a poll, after an edit of feeds.yaml."""
-
-    def __init__(
-        self, state: State, rng: random.Random, start_spread: float = START_SPREAD
-    ) -> None:
-        self.state = state
-        self.rng = rng
-        self.start_spread = start_spread
-
-    def at_start(self, feeds: tuple[FeedSource, ...], now: datetime) -> dict[str, datetime]:
-        """First poll of each feed: its stored next poll if still ahead, else soon.
-
-        Feeds that are due are spread over the first minute; gone feeds are left out.
-        """
-        records = self.state.feeds()
-        plan: dict[str, datetime] = {}
-        due = []
-        for source in feeds:
-            record = records.get(source.url)
-            if record and record.gone_settings == source.settings:
-                continue
-            if record and record.next_poll and record.next_poll > now:
-                plan[source.url] = record.next_poll
-            else:
-                due.append(source)
-        for source, when in zip(due, spread(len(due), now, self.start_spread), strict=True):
-            plan[source.url] = when
-        return plan
-
-    def after_poll(self, source: FeedSource, result: FeedResult, now: datetime) -> datetime | None:
-        """The next poll: interval ± jitter, lengthened by hints, backed off on errors."""
-        if result.gone:
-            return None
-        record = self.state.feed(source.url)
-        errors = record.error_count if record else 0
-        jitter = self.rng.uniform(-1.0, 1.0)
-        delay = next_delay(source.interval, errors=errors, hint=result.hint, jitter=jitter)
-        return now + timedelta(seconds=delay)
-
-    def after_edit(self, source: FeedSource, now: datetime) -> datetime:
-        """A feed whose settings changed: due one (new) interval after its last poll."""
-        record = self.state.feed(source.url)
-        if record is None or record.last_poll is None or record.gone_settings:
-            return now
-        return max(now, record.last_poll + timedelta(seconds=source.interval))
+PUBLISH_RETRY, PUBLISH_RETRY_MAX = 5.0, 300.0  # a failed publish is retried: 5 s, 10 s, ..., 5 min
+WATCHDOG_EVERY = 30.0
 
 
 class Daemon:
@@ -101,7 +65,9 @@ class Daemon:
         rng: random.Random | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         watch_every: float = 1.0,
+        watchdog_every: float = WATCHDOG_EVERY,
         start_spread: float = START_SPREAD,
+        publish_retry: float = PUBLISH_RETRY,
     ) -> None:
         self.config = config
         self._sources = {f.url: f for f in config.feeds}
@@ -110,54 +76,73 @@ class Daemon:
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 -- jitter, not secrets
         self.transport = transport
-        self.watch_every = watch_every
+        self.watch_every = watch_every  # seconds between looks at feeds.yaml
+        self.watchdog_every = watchdog_every
         self.start_spread = start_spread  # seconds over which the first polls are spread
+        self.publish_retry = publish_retry  # first pause after a failed publish, then doubled
         self.metrics = Metrics()
+        self.ready = asyncio.Event()  # set once it serves and its feeds are scheduled
+        self.problems = Problems()
         self._stopping = asyncio.Event()
         self._reload = asyncio.Event()
+        self._publish_wanted = asyncio.Event()
+        self._polling: set[str] = set()  # feeds being polled now
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     def run(self) -> int:
         return asyncio.run(self._main())
 
     async def _main(self) -> int:
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._publish_task: asyncio.Task[None] | None = None
-        self._dirty = False
+        raise_open_file_limit()
+        asyncio.get_running_loop().set_exception_handler(quiet_accept_errors)
         with lock_archive(self.config.archive), Archive(self.config.archive) as archive:
-            archive.recover()
+            archive.prepare(self.config.feeds, self.clock())
             self.archive = archive
-            self.planner = Planner(archive.state, self.rng, self.start_spread)
-            self.site = Site(self.config, archive.state, self.metrics, self.clock)
             sock = bind(self.host, self.port)
-            server = make_server(self.site)
             async with make_client(fetch_settings(self.config), self.transport) as client:
-                self.client = client
-                self.poller = Poller(self.config, archive, client, self.clock)
+                self.poller = Poller(self.config, archive, client, self.clock, rng=self.rng)
+                self.site = Site(
+                    self.config, archive.state, self.metrics, self.clock,
+                    statuses=lambda: self.poller.statuses, problems=self.problems.current,
+                )  # fmt: skip
+                server = make_server(self.site)
                 self.scheduler = AsyncIOScheduler(timezone=UTC)
                 self.scheduler.start()
-                if outputs_missing(archive.root):
-                    self._publish()
-                for url, when in self.planner.at_start(self.config.feeds, self.clock()).items():
+                if outputs_missing(archive.root) or archive.state.publish_needed():
+                    self._publish_wanted.set()
+                plan = first_polls(
+                    self.poller.statuses, self.config.feeds, self.clock(), self.start_spread
+                )
+                for url, when in plan.items():
                     self._schedule(url, when)
                 self._install_signals()
-                served = asyncio.create_task(server.serve(sockets=[sock]))
-                watcher = asyncio.create_task(self._watch())
+                tasks = [
+                    asyncio.create_task(server.serve(sockets=[sock])),
+                    asyncio.create_task(self._watch()),
+                    asyncio.create_task(self._watchdog()),
+                    asyncio.create_task(self._publisher()),
+                ]
                 address = sock.getsockname()
                 log.info(
                     "running pid=%d feeds=%d serving=http://%s:%d/ archive=%s",
                     os.getpid(), len(self.config.feeds), address[0], address[1], archive.root,
                 )  # fmt: skip
+                self.address = (str(address[0]), int(address[1]))
+                self.ready.set()
                 await self._stopping.wait()
                 log.info("stopping: no new polls; waiting for %d in flight", len(self._in_flight))
                 self.scheduler.pause()  # shutdown() would cancel the polls in flight
-                watcher.cancel()
+                for task in tasks[1:]:
+                    task.cancel()
+                await asyncio.gather(*tasks[1:], return_exceptions=True)
                 await self._drain()
                 self.scheduler.shutdown(wait=False)
                 self.poller.close()
-                if self._dirty:
+                self.poller.flush()
+                if self._publish_wanted.is_set():
                     self._publish()
                 server.should_exit = True
-                await served
+                await tasks[0]
         log.info("stopped")
         return 0
 
@@ -173,8 +158,6 @@ class Daemon:
         self._stopping.set()
 
     async def _drain(self) -> None:
-        if self._publish_task is not None:
-            self._publish_task.cancel()
         if not self._in_flight:
             return
         _, late = await asyncio.wait(set(self._in_flight), timeout=GRACE_SECONDS)
@@ -189,7 +172,6 @@ class Daemon:
     # Polling -------------------------------------------------------------------------
 
     def _schedule(self, url: str, when: datetime) -> None:
-        self.archive.state.set_next_poll(url, when)
         self.scheduler.add_job(
             self._poll_job,
             DateTrigger(run_date=when),
@@ -205,42 +187,117 @@ class Daemon:
             self.scheduler.remove_job(url)
 
     async def _poll_job(self, url: str) -> None:
+        """One feed's poll. Whatever happens, the feed leaves with its next poll planned."""
         source = self._sources.get(url)
-        if source is None or self._stopping.is_set():
+        if source is None or self._stopping.is_set() or url in self._polling:
             return
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
+        self._polling.add(url)
+        result: FeedResult | None = None
         try:
             result = await self.poller.poll_feed(source)
+        except Exception as e:  # poll_feed never raises; if it did, the feed still goes on
+            log.exception("feed=%s url=%s internal error", source.name, url)
+            error = f"internal error: {type(e).__name__}: {e}"
+            self.poller.record(source, Observation(Outcome.ERROR, error=error))
         finally:
+            self._polling.discard(url)
             self._in_flight.discard(task)
-        self.metrics.observe(result)
-        source = self._sources.get(url, source)  # feeds.yaml may have changed meanwhile
-        when = self.planner.after_poll(source, result, self.clock())
-        if when is None:
-            self.archive.state.set_next_poll(url, None)
-        elif not self._stopping.is_set():
-            self._schedule(url, when)
+            self._plan_next(url)
+        self._index_health()
+        if result is not None:
+            self.metrics.observe(result)
+            if result.new:
+                self._publish_wanted.set()
+
+    def _plan_next(self, url: str) -> None:
+        """Set the timer of the feed's next poll, as its status says."""
+        status = self.poller.statuses.get(url)
+        if url not in self._sources or self._stopping.is_set():
+            return
+        if status is None or status.next_poll is None:  # gone (or never polled: a bug)
+            self._unschedule(url)
+            if status is None:
+                self._schedule(url, self.clock())
+            return
+        self._schedule(url, status.next_poll)
+
+    # The watchdog --------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(self.watchdog_every)
+            try:
+                self.check(self.clock())
+            except Exception:  # the watchdog itself must not die
+                log.exception("watchdog check failed")
+
+    def check(self, now: datetime) -> list[str]:
+        """Make sure every feed will be polled: one without a timer, or with a timer further
+        ahead than any wait allows (the clock went back), is polled now. Retry storing
+        feed statuses. Returns the URLs rescheduled."""
+        fixed = []
+        for url, source in self._sources.items():
+            if url in self._polling or is_gone(self.poller.statuses.get(url), source):
+                continue
+            job = self.scheduler.get_job(url)
+            name = display_name(source, self.poller.statuses.get(url))
+            if job is None or job.next_run_time is None:
+                log.error("feed=%s url=%s had no poll planned; polling it now", name, url)
+            elif stray(job.next_run_time, source, now):
+                log.warning(
+                    "feed=%s url=%s: next poll %s is further ahead than any wait allows "
+                    "(did the clock go back?); polling it now",
+                    name, url, job.next_run_time.isoformat(timespec="seconds"),
+                )  # fmt: skip
+            else:
+                continue
+            self._schedule(url, now)
+            fixed.append(url)
+        self.poller.flush()
+        self._index_health()
+        return fixed
+
+    def _index_health(self) -> None:
+        if self.poller.index_error is None:
+            self.problems.clear(INDEX)
         else:
-            self.archive.state.set_next_poll(url, when)  # for the next start
-        if result.new:
-            self._dirty = True
-            if self._publish_task is None or self._publish_task.done():
-                self._publish_task = asyncio.create_task(self._publish_later())
+            self.problems.set(INDEX, f"feed statuses cannot be recorded: {self.poller.index_error}")
 
-    async def _publish_later(self) -> None:
-        await asyncio.sleep(PUBLISH_DELAY)
-        self._publish()
+    # Publishing ----------------------------------------------------------------------
 
-    def _publish(self) -> None:
-        self._dirty = False
+    async def _publisher(self) -> None:
+        """Publish when asked (coalescing requests), and retry a failed publish with
+        growing pauses until it succeeds."""
+        pause = self.publish_retry
+        while True:
+            await self._publish_wanted.wait()
+            await asyncio.sleep(PUBLISH_DELAY)
+            if self._publish():
+                pause = self.publish_retry
+            else:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, PUBLISH_RETRY_MAX)
+
+    def _publish(self) -> bool:
+        """Publish now; on failure the request stays, and /healthz says so."""
+        self._publish_wanted.clear()
         try:
             publish(self.config, self.archive, self.clock())
-        except AggregatorError as e:
-            log.error("publish failed: %s", e)
-            return
+        except Exception as e:
+            if isinstance(e, AggregatorError):
+                log.error("publish failed (retried): %s", e)
+            else:
+                log.exception("publish failed (retried)")
+            self._publish_wanted.set()
+            self.metrics.publish_failures.inc()
+            self.problems.set(PUBLISH, f"the merged feed could not be written: {e}")
+            return False
+        self.problems.clear(PUBLISH)
         self.metrics.last_publish.set(time.time())
+        return True
 
     # feeds.yaml ----------------------------------------------------------------------
 
@@ -252,61 +309,71 @@ class Daemon:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     async def _watch(self) -> None:
-        """Reload feeds.yaml when it changes (checked every second) or on SIGHUP."""
+        """Reload feeds.yaml when it changes (checked every second) or on SIGHUP; a file
+        that could not be read is read again at the next check."""
         seen = self._signature()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reload.wait(), timeout=self.watch_every)
             forced, current = self._reload.is_set(), self._signature()
             self._reload.clear()
-            if forced or current != seen:
+            retry = CONFIG in self.problems.current()  # unreadable or invalid: look again
+            if (forced or current != seen or retry) and self.reload():
                 seen = current
-                self.reload()
 
-    def reload(self) -> None:
-        """Apply feeds.yaml as it is now; an invalid file changes nothing."""
+    def reload(self) -> bool:
+        """Apply feeds.yaml as it is now; an invalid file changes nothing. Returns False
+        when the file could not be read (then it is worth trying again)."""
         try:
             new = load_config(self.config.path)
+        except ConfigUnreadable as e:
+            if CONFIG not in self.problems.current():
+                log.error("%s; still running on its last valid version, retrying", e)
+            self.problems.set(CONFIG, f"{e}; running on its last valid version")
+            return False
         except ConfigError as e:
             log.error("%s is invalid; still running on its last valid version:", self.config.path)
             for problem in e.problems:
                 log.error("  %s", problem)
-            return
-        self.apply(new)
+            self.problems.set(
+                CONFIG, f"{self.config.path} is invalid ({e.problems[0]}); running on its last "
+                "valid version",
+            )  # fmt: skip
+            return True
+        self.problems.clear(CONFIG)
+        self.reconfigure(new)
+        return True
 
-    def apply(self, new: Config) -> None:
+    def reconfigure(self, new: Config) -> None:
+        """Run on ``new`` from now on: its collaborators told, its feeds (re)scheduled."""
         old, now = self.config, self.clock()
         if new.archive != old.archive:
             log.warning("archive moved to %s in feeds.yaml: restart to use it", new.archive)
             new = replace(new, archive=old.archive)
         if (new.host, new.port, new.workers) != (old.host, old.port, old.workers):
             log.warning("serve address or workers changed in feeds.yaml: restart to use them")
-        self.config = self.site.config = self.poller.config = new
+        self.config = new
         self._sources = {f.url: f for f in new.feeds}
-        self.poller.settings = fetch_settings(new)
-        self.client.headers["User-Agent"] = self.poller.settings.user_agent
-        if (new.max_in_flight, new.max_in_flight_per_host) != (
-            old.max_in_flight,
-            old.max_in_flight_per_host,
-        ):
-            self.poller.limits = Limits(new.max_in_flight, new.max_in_flight_per_host)
+        self.poller.reconfigure(new)
+        self.site.reconfigure(new)
         before = {f.url: f for f in old.feeds}
-        after = {f.url: f for f in new.feeds}
-        for url in before.keys() - after.keys():
+        for url in before.keys() - self._sources.keys():
             self._unschedule(url)
             log.info("feed removed: url=%s (its posts stay)", url)
-        for url, source in after.items():
+        for url, source in self._sources.items():
             if url not in before:
                 log.info("feed added: url=%s, polling it now", url)
                 self._schedule(url, now)
             elif source.settings != before[url].settings:
-                when = self.planner.after_edit(source, now)
+                when = after_edit(self.poller.statuses.get(url), source, now)
                 log.info(
                     "feed changed: url=%s, next poll %s", url, when.isoformat(timespec="seconds")
                 )
-                self._schedule(url, when)
+                self.poller.plan(source, when)
+                if url not in self._polling:
+                    self._schedule(url, when)
         if (new.title, new.link, new.description, new.max_items, config_tags(new)) != (
             old.title, old.link, old.description, old.max_items, config_tags(old),
         ):  # fmt: skip
-            self._publish()  # the feeds' headers, the tag feeds and the site's data
+            self._publish_wanted.set()  # the feeds' headers, the tag feeds and the site's data
         log.info("reloaded %s: %d feeds", new.path, len(new.feeds))

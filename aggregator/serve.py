@@ -7,16 +7,22 @@ Only these routes exist: the archive folder itself (posts, the index) is never e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import html
 import json
 import logging
+import os
+import resource
 import signal
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import format_datetime
+from gzip import compress as gzip_compress
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -26,15 +32,19 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from aggregator import __version__
 from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE
 from aggregator.errors import AggregatorError
+from aggregator.health import INDEX, PUBLISH, feed_rows, report
+from aggregator.lifecycle import Health
 from aggregator.metrics import CONTENT_TYPE, Metrics
-from aggregator.models import Config
+from aggregator.models import Config, FeedStatus
 from aggregator.site import TAGS_DIR, Tag, config_tags
 from aggregator.sources import export_opml
 from aggregator.state import State
+from aggregator.timing import http_date
 from aggregator.urls import is_http_url
 
 FEED_TYPES = {
@@ -43,16 +53,40 @@ FEED_TYPES = {
     JSON_FILE: "application/feed+json; charset=utf-8",
 }
 HOME_ITEMS = 50
+GZIP_MIN_BYTES = 1000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Site:
-    """What the web app shows; the daemon swaps ``config`` when feeds.yaml changes."""
+    """What the web app shows. The daemon gives its live feed statuses and problems, and
+    calls :meth:`reconfigure` when feeds.yaml changes; ``serve`` reads the index."""
 
     config: Config
     state: State
     metrics: Metrics | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    statuses: Callable[[], Mapping[str, FeedStatus]] | None = None  # None: read the index
+    problems: Callable[[], Mapping[str, str]] = dict
+    files: FileCache = field(default_factory=lambda: FileCache())  # noqa: PLW0108
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+
+    def feed_statuses(self) -> Mapping[str, FeedStatus]:
+        return self.statuses() if self.statuses is not None else self.state.statuses()
+
+    def health(self) -> dict[str, Any]:
+        """The /healthz report; an index that cannot be read is itself a reason."""
+        problems = dict(self.problems())
+        try:
+            statuses = self.feed_statuses()
+            if self.statuses is None and self.state.publish_needed():
+                problems.setdefault(PUBLISH, "posts were archived that the merged feed lacks")
+        except AggregatorError as e:
+            statuses, problems[INDEX] = {}, str(e)
+        return report(self.config, statuses, self.clock(), problems)
 
     @property
     def cache_seconds(self) -> int:
@@ -61,34 +95,85 @@ class Site:
         return max(60, min(3600, fastest // 4))
 
 
+@dataclass(frozen=True, slots=True)
+class _Version:
+    """What is known of one version of a published file."""
+
+    signature: tuple[int, int, int]  # inode, size, mtime (ns)
+    etag: str
+    gzipped: bytes | None
+
+
+class FileCache:
+    """The ETag and the gzip-compressed bytes of each published file, computed once per
+    version of the file (once per publish), not on every request."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, _Version] = {}
+
+    def read(self, path: Path, gzip: bool) -> tuple[bytes, str, datetime, bool]:
+        """(body, etag, modified, compressed): the file as it is now; gzip-compressed when
+        ``gzip`` is asked and the file is big enough to gain from it."""
+        with open(path, "rb") as f:  # one open file: its stat and its bytes agree
+            st = os.fstat(f.fileno())
+            body = f.read()
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        known = self._known.get(path)
+        if known is None or known.signature != signature:
+            etag = 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            known = self._known[path] = _Version(signature, etag, None)
+        modified = datetime.fromtimestamp(st.st_mtime, UTC)
+        if not gzip or len(body) < GZIP_MIN_BYTES:
+            return body, known.etag, modified, False
+        if known.gzipped is None:
+            compressed = gzip_compress(body, compresslevel=6, mtime=0)
+            known = self._known[path] = _Version(signature, known.etag, compressed)
+        assert known.gzipped is not None
+        return known.gzipped, known.etag, modified, True
+
+
 def _conditional(
-    request: Request, body: bytes, media_type: str, modified: datetime, cache: int
+    request: Request,
+    body: bytes,
+    media_type: str,
+    modified: datetime,
+    cache: int,
+    *,
+    etag: str | None = None,
+    gzipped: bool = False,
 ) -> Response:
     """``body`` with validators, or 304 when the client already has it."""
-    etag = 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    etag = etag or 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     headers = {
         "ETag": etag,
         "Last-Modified": format_datetime(modified.astimezone(UTC), usegmt=True),
         "Cache-Control": f"public, max-age={cache}",
     }
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"  # the GZip middleware leaves it alone
+        headers["Vary"] = "Accept-Encoding"
     match = request.headers.get("if-none-match")
     if match is not None:
         fresh = any(tag.strip() in (etag, etag[2:], "*") for tag in match.split(","))
     else:
         fresh = _not_modified_since(request.headers.get("if-modified-since"), modified)
     if fresh:
+        headers.pop("Content-Encoding", None)
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=media_type, headers=headers)
 
 
 def _not_modified_since(value: str | None, modified: datetime) -> bool:
-    if not value:
-        return False
-    try:
-        since = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return False
-    return since.tzinfo is not None and modified.replace(microsecond=0) <= since
+    since = http_date(value)  # None for anything that is not a representable date
+    return since is not None and modified.replace(microsecond=0) <= since
+
+
+def _accepts_gzip(request: Request) -> bool:
+    for part in request.headers.get("accept-encoding", "").lower().split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip() == "gzip":
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 def make_app(site: Site) -> Starlette:
@@ -101,11 +186,15 @@ def make_app(site: Site) -> Starlette:
                 return Response("No such tag in feeds.yaml.\n", 404)
             path = site.config.archive / TAGS_DIR / slug / name
         try:
-            body = path.read_bytes()
-            modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            body, etag, modified, gzipped = site.files.read(path, _accepts_gzip(request))
         except FileNotFoundError:
             return Response("Not published yet: the first poll has not finished.\n", 404)
-        return _conditional(request, body, FEED_TYPES[name], modified, site.cache_seconds)
+        except OSError as e:
+            return Response(f"Cannot read {name}: {e.strerror or e}\n", 503)
+        return _conditional(
+            request, body, FEED_TYPES[name], modified, site.cache_seconds, etag=etag,
+            gzipped=gzipped,
+        )  # fmt: skip
 
     async def opml(request: Request) -> Response:
         body = export_opml(site.config, site.state.feed_names())
@@ -127,19 +216,22 @@ def make_app(site: Site) -> Starlette:
         return _conditional(request, body, "text/html; charset=utf-8", site.clock(), 60)
 
     async def healthz(request: Request) -> Response:
-        report = health(site)
-        # 200 either way: the process is alive; "degraded" means some sources fail.
+        # 200 either way: the process is alive; "degraded" says what needs attention.
         return Response(
-            json.dumps(report, ensure_ascii=False, indent=1), media_type="application/json"
+            json.dumps(site.health(), ensure_ascii=False, indent=1),
+            media_type="application/json",
+            headers={"Cache-Control": "no-store"},
         )
 
     async def metrics(request: Request) -> Response:
         if site.metrics is None:
             return Response("metrics are collected by `aggregator run`\n", 404)
-        in_error = sum(1 for f in _health_rows(site) if f["outcome"] == "error")
-        site.metrics.feeds.set(len(site.config.feeds))
-        site.metrics.feeds_in_error.set(in_error)
+        site.metrics.update(site.health())
         return Response(site.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def unavailable(request: Request, error: Exception) -> Response:
+        """The index (or a file) cannot be read now: say so, rather than a bare 500."""
+        return Response(f"Service unavailable: {error}\n", 503)
 
     routes = [Route(f"/{name}", feed_file) for name in FEED_TYPES]
     routes += [Route(f"/{TAGS_DIR}/{{slug}}/{name}", feed_file) for name in FEED_TYPES]
@@ -150,40 +242,11 @@ def make_app(site: Site) -> Starlette:
         Route("/healthz", healthz),
         Route("/metrics", metrics),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=1000)])
-
-
-def _health_rows(site: Site) -> list[dict[str, Any]]:
-    records = site.state.feeds()
-    rows = []
-    for source in site.config.feeds:
-        record = records.get(source.url)
-        rows.append(
-            {
-                "name": source.name or (record.name if record else None) or source.url,
-                "url": source.url,
-                "last_poll": record.last_poll.isoformat() if record and record.last_poll else None,
-                "outcome": record.last_outcome if record else None,
-                "error": record.last_error if record else None,
-                "errors_in_a_row": record.error_count if record else 0,
-                "next_poll": record.next_poll.isoformat() if record and record.next_poll else None,
-            }
-        )
-    return rows
-
-
-def health(site: Site) -> dict[str, Any]:
-    """ok when every feed's last poll succeeded, else degraded; last_pass: the latest poll."""
-    rows = _health_rows(site)
-    failing = [{k: r[k] for k in ("name", "url", "error")} for r in rows if r["outcome"] == "error"]
-    polls = [r["last_poll"] for r in rows if r["last_poll"]]
-    return {
-        "status": "degraded" if failing else "ok",
-        "last_pass": max(polls, default=None),
-        "feeds": len(rows),
-        "feeds_in_error": failing,
-        "version": __version__,
-    }
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES)],
+        exception_handlers={AggregatorError: unavailable},
+    )
 
 
 def render_home(site: Site, tag: Tag | None = None) -> str:
@@ -200,15 +263,18 @@ def render_home(site: Site, tag: Tag | None = None) -> str:
         link = f'<a href="{e(record.key)}">{name}</a>' if is_http_url(record.key) else name
         items.append(f"<li>{link} <small>{record.archived:%Y-%m-%d %H:%M} UTC</small></li>")
     sources = []
-    for row in _health_rows(site):
-        if tag and row["url"] not in tag.feed_urls:
+    for row in feed_rows(cfg, site.feed_statuses(), site.clock()):
+        if tag and row.url not in tag.feed_urls:
             continue
-        state = row["outcome"] or "not polled yet"
-        if state == "error":
-            state = f"error: {row['error']}"
+        status = row.status
+        state = (status.outcome if status else None) or "not polled yet"
+        if row.health.state is not Health.OK and row.health.reason:
+            state = f"{row.health.state}: {row.health.reason}"
+        last = status.last_poll.isoformat() if status and status.last_poll else ""
+        link = e(row.url) if is_http_url(row.url) else ""
         sources.append(
-            f'<tr><td><a href="{e(row["url"])}">{e(row["name"])}</a></td>'
-            f"<td>{e(state)}</td><td>{e(row['last_poll'] or '')}</td></tr>"
+            f'<tr><td><a href="{link}">{e(row.name)}</a></td>'
+            f"<td>{e(state)}</td><td>{e(last)}</td></tr>"
         )
     alternates = "\n".join(
         f'<link rel="alternate" type="{kind}" title="{e(title)} ({label})" href="{prefix}{name}">'
@@ -265,6 +331,142 @@ class _Server(uvicorn.Server):
         return nullcontext()
 
 
+# Connections ---------------------------------------------------------------------------
+# uvicorn closes a kept-alive connection after 5 s of silence, but not a connection that
+# never completes a request, nor one whose client stops reading; and it accepts as many
+# connections as there are file descriptors, after which the daemon can open nothing else.
+
+REQUEST_TIMEOUT = 10.0  # seconds for a new or kept-alive connection to send its request
+RESPONSE_TIMEOUT = 60.0  # seconds for a request to be answered and the answer taken
+KEEP_ALIVE = 5.0
+
+
+def max_connections(reserve: int = 256) -> int:
+    """How many client connections to keep at once: what the open-file limit leaves after
+    ``reserve`` descriptors for feeds, the index and the workers; at most 4096."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(16, min(4096, soft - reserve))
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit (as Go programs
+    do): systemd's default of 1024 is too few for a server. Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class _Throttled:
+    """Logs a kind of event at most once per ``every`` seconds, with how many were left out."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def log(self, kind: str, level: int, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.every) < self.every:
+            self._quiet[kind] = self._quiet.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        if left := self._quiet.pop(kind, 0):
+            message += f" ({left} more since the last such message)"
+        log.log(level, message, *args)
+
+
+_throttled = _Throttled()
+
+
+class Connection(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with deadlines, and room made for new connections.
+
+    - a connection must send a complete request within ``REQUEST_TIMEOUT`` of opening (or
+      of its previous answer), and a request must be answered and taken within
+      ``RESPONSE_TIMEOUT``: slow or silent clients are dropped;
+    - at most :func:`max_connections` at once: a new one evicts the connection that has
+      waited longest without a request in progress, so a thousand idle clients cannot lock
+      out a health probe.
+    """
+
+    limit: int = 1024  # set by make_server
+    request_timeout: float = REQUEST_TIMEOUT
+    response_timeout: float = RESPONSE_TIMEOUT
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._since = time.monotonic()
+        self._deadline: asyncio.TimerHandle | None = self.loop.call_later(
+            self.request_timeout, self._check
+        )
+        if len(self.connections) > self.limit:
+            self._make_room()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request began
+            self._since = time.monotonic()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._since = time.monotonic()
+
+    def _busy(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _check(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        limit = self.response_timeout if self._busy() else self.request_timeout
+        left = limit - (time.monotonic() - self._since)
+        if left > 0:
+            self._deadline = self.loop.call_later(left, self._check)
+            return
+        _throttled.log(
+            "timeout", logging.INFO, "closed connections that sent or took nothing in time"
+        )
+        self.transport.abort()
+
+    def _make_room(self) -> None:
+        idle = [c for c in self.connections if isinstance(c, Connection) and not c._busy()]
+        idle = [c for c in idle if c is not self] or [self]
+        oldest = min(idle, key=lambda c: c._since)
+        _throttled.log(
+            "evict", logging.WARNING,
+            "%d connections open, the most allowed: closing the longest idle ones",
+            len(self.connections) - 1,
+        )  # fmt: skip
+        oldest.transport.abort()
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's error handler: a failed accept() (out of file descriptors) is
+    logged once a minute, not with a traceback per attempt."""
+    message = str(context.get("message", ""))
+    if message.startswith("socket.accept() out of system resource"):
+        error = context.get("exception")
+        _throttled.log(
+            "accept", logging.ERROR,
+            "cannot accept connections: %s (raise LimitNOFILE / ulimit -n)",
+            getattr(error, "strerror", None) or error,
+        )  # fmt: skip
+        return
+    loop.default_exception_handler(context)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, or an error that says what to do."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -283,29 +485,41 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(site: Site) -> uvicorn.Server:
-    config = uvicorn.Config(make_app(site), log_config=None, lifespan="off", access_log=True)
+def make_server(
+    site: Site, *, connections: int | None = None, request_timeout: float = REQUEST_TIMEOUT
+) -> uvicorn.Server:
+    protocol = type(
+        "Connection",
+        (Connection,),
+        {"limit": connections or max_connections(), "request_timeout": request_timeout},
+    )
+    config = uvicorn.Config(
+        make_app(site),
+        http=protocol,
+        log_config=None,
+        lifespan="off",
+        access_log=True,
+        timeout_keep_alive=int(KEEP_ALIVE),
+        h11_max_incomplete_event_size=16 * 1024,  # a request's headers
+    )
     return _Server(config)
 
 
 def serve_archive(config: Config, host: str, port: int) -> None:
     """``aggregator serve``: the web app over an existing archive, until Ctrl-C/SIGTERM."""
-    from aggregator.archive import state_path  # noqa: PLC0415
+    from aggregator.archive import read_index  # noqa: PLC0415
 
-    db = state_path(config.archive)
-    if not db.exists():
-        raise AggregatorError(f"no archive index at {db}: run `aggregator poll` first")
-    state = State(db, readonly=True)
+    state = read_index(config.archive)
 
     async def main() -> None:
+        raise_open_file_limit()
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(quiet_accept_errors)
         sock = bind(host, port)
         server = make_server(Site(config, state))
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, setattr, server, "should_exit", True)
-        logging.getLogger(__name__).info(
-            "serving http://%s:%d/ archive=%s", host, port, config.archive
-        )
+        log.info("serving http://%s:%d/ archive=%s", host, port, config.archive)
         await server.serve(sockets=[sock])
 
     try:

@@ -15,10 +15,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aggregator.errors import ArchiveError
-from aggregator.models import Post, Validators, format_time, parse_time, sort_date
+from aggregator.errors import ArchiveError, IndexDamaged
+from aggregator.models import (
+    FeedStatus,
+    Outcome,
+    Post,
+    Validators,
+    format_time,
+    parse_time,
+    sort_date,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feeds (
     url            TEXT PRIMARY KEY,
@@ -46,8 +54,40 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_by_date ON items (sort_date DESC, key);
 CREATE INDEX IF NOT EXISTS items_pending ON items (pending) WHERE pending = 1;
+CREATE TABLE IF NOT EXISTS meta (   -- schema 2
+    key    TEXT PRIMARY KEY,
+    value  TEXT
+);
 """
 _BATCH = 500  # keys per IN (...) query
+BUSY_TIMEOUT_MS = 10_000  # how long to wait for another process's lock on the index
+_PUBLISH_NEEDED = "publish_needed"  # meta key: posts were archived since the last publish
+_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+def explain(path: Path, error: sqlite3.Error) -> ArchiveError:
+    """A SQLite error as the project's error, saying what it means and what to do."""
+    code = getattr(error, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(error)
+    if primary in _DAMAGED:
+        return IndexDamaged(
+            f"{path}: the index is damaged ({text}); `aggregator reindex` moves it aside and "
+            "rebuilds it from the posts"
+        )
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        why = "another process holds it locked (a backup, or a tool reading it?)"
+    elif primary == sqlite3.SQLITE_READONLY:
+        why = "it is read-only (check the permissions of the archive folder)"
+    elif primary == sqlite3.SQLITE_FULL:
+        why = "the disk is full"
+    elif primary == sqlite3.SQLITE_CANTOPEN:
+        why = "it cannot be opened (check that the archive folder exists and is readable)"
+    elif primary == sqlite3.SQLITE_IOERR:
+        why = "the disk reported an error"
+    else:
+        why = text
+    return ArchiveError(f"{path}: {why} ({text})" if why != text else f"{path}: {text}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,160 +102,158 @@ class ItemRecord:
     archived: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class FeedRecord:
-    """What the index remembers of one feed."""
-
-    url: str
-    name: str | None
-    validators: Validators
-    last_poll: datetime | None
-    last_outcome: str | None
-    last_error: str | None
-    http_status: int | None
-    error_count: int = 0
-    next_poll: datetime | None = None
-    moved_to: str | None = None
-    gone_settings: str | None = None
-
-
 _FEED_COLUMNS = (
     "url, name, etag, last_modified, last_poll, last_outcome, last_error, http_status,"
     " error_count, next_poll, moved_to, gone_settings"
 )
 
 
-def _feed(row: tuple[Any, ...]) -> FeedRecord:
+def _status(row: tuple[Any, ...]) -> FeedStatus:
     def when(value: str | None) -> datetime | None:
-        return parse_time(value) if value else None
+        try:
+            return parse_time(value) if value else None
+        except ValueError:  # edited by hand: as good as unknown
+            return None
 
-    return FeedRecord(
+    try:
+        outcome = Outcome(row[5]) if row[5] else None
+    except ValueError:
+        outcome = None
+    return FeedStatus(
         url=row[0],
         name=row[1],
         validators=Validators(row[2], row[3]),
         last_poll=when(row[4]),
-        last_outcome=row[5],
-        last_error=row[6],
+        outcome=outcome,
+        error=row[6],
         http_status=row[7],
-        error_count=row[8] or 0,
+        errors_in_a_row=row[8] or 0,
         next_poll=when(row[9]),
         moved_to=row[10],
         gone_settings=row[11],
     )
 
 
+def _status_row(s: FeedStatus) -> tuple[object, ...]:
+    return (
+        s.url,
+        s.name,
+        s.validators.etag,
+        s.validators.last_modified,
+        format_time(s.last_poll) if s.last_poll else None,
+        s.outcome.value if s.outcome else None,
+        s.error,
+        s.http_status,
+        s.errors_in_a_row,
+        format_time(s.next_poll) if s.next_poll else None,
+        s.moved_to,
+        s.gone_settings,
+    )
+
+
 class State:
-    """The index database. One instance per process; not shared across threads."""
+    """The index database. One instance per process; not shared across threads.
+
+    Every SQLite error leaves it as an :class:`ArchiveError` that says what to do
+    (:class:`IndexDamaged` when the file is not a sound database).
+    """
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
         try:
-            if readonly:  # for `status` and `serve`, next to a running daemon
-                self._db = sqlite3.connect(
-                    f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None
-                )
-                self._db.execute("PRAGMA busy_timeout=10000")
+            if readonly:  # for `status`, `serve` and export-opml, next to a running daemon
+                self._db = self._open_readonly(path)
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None)
+        except OSError as e:
+            raise ArchiveError(f"cannot create {path.parent}: {e.strerror or e}") from e
+        except sqlite3.Error as e:
+            raise explain(path, e) from e
+        try:
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # see reserve()
-            self._db.execute("PRAGMA busy_timeout=10000")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise ArchiveError(f"{path}: made by a newer version (schema {version})")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as e:
-            raise ArchiveError(f"{path}: cannot open the state database: {e}") from e
+            self._db.close()
+            raise explain(path, e) from e
+
+    @staticmethod
+    def _open_readonly(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        try:
+            db.execute("SELECT count(*) FROM feeds").fetchone()
+        except sqlite3.OperationalError:
+            # A reader of a WAL database needs to create its -shm file next to it; in a
+            # folder it may not write to, and with no writer around, read the file as is.
+            db.close()
+            db = sqlite3.connect(
+                f"{path.as_uri()}?mode=ro&immutable=1", uri=True, isolation_level=None
+            )
+            db.execute("SELECT count(*) FROM feeds").fetchone()
+        return db
 
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One committed write transaction; SQLite errors become ArchiveError."""
+        """One committed write transaction."""
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
         except sqlite3.Error as e:
-            raise ArchiveError(f"{self.path}: {e}") from e
+            raise explain(self.path, e) from e
 
     def _write(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
         with self._transaction() as db:
             db.executemany(sql, rows)
 
+    def _read(self, sql: str, params: Iterable[object] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as e:
+            raise explain(self.path, e) from e
+
+    def check(self) -> None:
+        """Raise :class:`IndexDamaged` if SQLite finds the file damaged (a quick check)."""
+        rows = self._read("PRAGMA quick_check")
+        if rows and rows[0][0] != "ok":
+            raise IndexDamaged(
+                f"{self.path}: the index is damaged ({rows[0][0]}); `aggregator reindex` "
+                "moves it aside and rebuilds it from the posts"
+            )
+
     # Feeds -------------------------------------------------------------------------
 
-    def feed(self, url: str) -> FeedRecord | None:
-        row = self._db.execute(f"SELECT {_FEED_COLUMNS} FROM feeds WHERE url = ?", (url,))  # noqa: S608
-        found = row.fetchone()
-        return _feed(found) if found else None
+    def statuses(self) -> dict[str, FeedStatus]:
+        """Every feed's status, by its feeds.yaml URL."""
+        rows = self._read(f"SELECT {_FEED_COLUMNS} FROM feeds")  # noqa: S608 -- fixed names
+        return {r[0]: _status(r) for r in rows}
 
-    def feeds(self) -> dict[str, FeedRecord]:
-        rows = self._db.execute(f"SELECT {_FEED_COLUMNS} FROM feeds")  # noqa: S608
-        return {r[0]: _feed(r) for r in rows}
+    def status(self, url: str) -> FeedStatus | None:
+        found = self._read(f"SELECT {_FEED_COLUMNS} FROM feeds WHERE url = ?", (url,))  # noqa: S608
+        return _status(found[0]) if found else None
 
-    def validators(self, url: str) -> Validators:
-        record = self.feed(url)
-        return record.validators if record else Validators()
-
-    def record_poll(
-        self,
-        url: str,
-        *,
-        when: datetime,
-        outcome: str,
-        error: str | None = None,
-        http_status: int | None = None,
-        name: str | None = None,
-        validators: Validators | None = None,
-    ) -> None:
-        """Remember a poll's outcome; ``validators``/``name`` only when given.
-
-        Counts failures in a row: an ``error`` outcome adds one, any other resets it.
-        """
-        failed = int(outcome == "error")
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO feeds (url, last_poll, last_outcome, last_error, http_status,"
-                " error_count) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (url) DO UPDATE SET"
-                " last_poll = excluded.last_poll, last_outcome = excluded.last_outcome,"
-                " last_error = excluded.last_error, http_status = excluded.http_status,"
-                " error_count = CASE WHEN ? THEN error_count + 1 ELSE 0 END",
-                (url, format_time(when), outcome, error, http_status, failed, failed),
-            )
-            if name is not None:
-                db.execute("UPDATE feeds SET name = ? WHERE url = ?", (name, url))
-            if validators is not None:
-                db.execute(
-                    "UPDATE feeds SET etag = ?, last_modified = ? WHERE url = ?",
-                    (validators.etag, validators.last_modified, url),
-                )
-
-    def _set(self, url: str, column: str, value: str | None) -> None:
-        with self._transaction() as db:
-            db.execute(
-                f"INSERT INTO feeds (url, {column}) VALUES (?, ?)"  # noqa: S608 -- fixed names
-                f" ON CONFLICT (url) DO UPDATE SET {column} = excluded.{column}",
-                (url, value),
-            )
-
-    def set_next_poll(self, url: str, when: datetime | None) -> None:
-        self._set(url, "next_poll", format_time(when) if when else None)
-
-    def set_moved(self, url: str, new_url: str | None) -> None:
-        """Remember that ``url`` now lives at ``new_url`` (a 301/308); None forgets it."""
-        self._set(url, "moved_to", new_url)
-
-    def set_gone(self, url: str, settings: str | None) -> None:
-        """Mark the feed gone (410) for these feeds.yaml settings; None clears the mark."""
-        self._set(url, "gone_settings", settings)
+    def save_statuses(self, statuses: Iterable[FeedStatus]) -> None:
+        """Store feeds' statuses (each replaces what was stored of its feed)."""
+        marks = ", ".join("?" * 12)
+        self._write(
+            f"INSERT OR REPLACE INTO feeds ({_FEED_COLUMNS}) VALUES ({marks})",  # noqa: S608
+            (_status_row(s) for s in statuses),
+        )
 
     def new_items_since(self, since: datetime) -> dict[str, int]:
         """Feed URL → items archived at or after ``since``."""
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT feed_url, count(*) FROM items WHERE archived >= ? AND pending = 0"
             " GROUP BY feed_url",
             (format_time(since),),
@@ -224,8 +262,18 @@ class State:
 
     def feed_names(self) -> dict[str, str]:
         """Feed URL → the name its posts carry."""
-        rows = self._db.execute("SELECT url, name FROM feeds WHERE name IS NOT NULL")
-        return dict(rows.fetchall())
+        return dict(self._read("SELECT url, name FROM feeds WHERE name IS NOT NULL"))
+
+    # The merged feed ---------------------------------------------------------------
+
+    def publish_needed(self) -> bool:
+        """Posts were archived that the merged feed does not show yet (a publish failed or
+        was interrupted)."""
+        return bool(self._read("SELECT 1 FROM meta WHERE key = ?", (_PUBLISH_NEEDED,)))
+
+    def published(self) -> None:
+        """The merged feed was written from the index as it is now."""
+        self._write("DELETE FROM meta WHERE key = ?", [(_PUBLISH_NEEDED,)])
 
     # Items -------------------------------------------------------------------------
 
@@ -244,7 +292,7 @@ class State:
             chunk = wanted[i : i + _BATCH]
             marks = ",".join("?" * len(chunk))
             query = f"SELECT {column} FROM items WHERE {column} IN ({marks})"  # noqa: S608 -- fixed names
-            found.update(r[0] for r in self._db.execute(query, chunk))
+            found.update(r[0] for r in self._read(query, chunk))
         return found
 
     def reserve(self, posts: Iterable[Post]) -> None:
@@ -254,22 +302,27 @@ class State:
         outcome, or a post left pending, which recovery settles. This one must not be
         lost, or a post written after it could be archived again.
         """
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._read("PRAGMA synchronous=FULL")
         try:
             self._write(_INSERT_ITEM, (_item_row(p, pending=True) for p in posts))
         finally:
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._read("PRAGMA synchronous=NORMAL")
 
     def confirm(self, keys: Iterable[str]) -> None:
-        """Mark items whose post file is in place."""
-        self._write("UPDATE items SET pending = 0 WHERE key = ?", ((k,) for k in keys))
+        """Mark items whose post file is in place, and the merged feed as behind them."""
+        rows = [(k,) for k in keys]
+        if not rows:
+            return
+        with self._transaction() as db:
+            db.executemany("UPDATE items SET pending = 0 WHERE key = ?", rows)
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_PUBLISH_NEEDED,))
 
     def forget(self, keys: Iterable[str]) -> None:
         self._write("DELETE FROM items WHERE key = ?", ((k,) for k in keys))
 
     def pending(self) -> list[tuple[str, str]]:
         """(key, path) of items whose write may have been interrupted."""
-        return self._db.execute("SELECT key, path FROM items WHERE pending = 1").fetchall()
+        return self._read("SELECT key, path FROM items WHERE pending = 1")
 
     def newest(self, limit: int, feeds: Iterable[str] | None = None) -> list[ItemRecord]:
         """The ``limit`` archived items that lead the merged feed (of ``feeds`` only, if given)."""
@@ -283,18 +336,32 @@ class State:
             + only
             + " ORDER BY sort_date DESC, key LIMIT ?"
         )
-        rows = self._db.execute(query, (*values, limit))
-        return [_item(r) for r in rows]
+        return [_item(r) for r in self._read(query, (*values, limit))]
 
-    def items(self) -> Iterator[ItemRecord]:
-        rows = self._db.execute(
+    def items(self) -> list[ItemRecord]:
+        rows = self._read(
             "SELECT key, feed_url, title, path, published, archived FROM items"
             " WHERE pending = 0 ORDER BY key"
         )
-        return (_item(r) for r in rows)
+        return [_item(r) for r in rows]
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM items WHERE pending = 0").fetchone()[0])
+        return int(self._read("SELECT count(*) FROM items WHERE pending = 0")[0][0])
+
+    def has_items(self) -> bool:
+        """Whether anything is indexed, pending or not (cheap, whatever the size)."""
+        return bool(self._read("SELECT 1 FROM items LIMIT 1"))
+
+    def settle_future(self, now: datetime) -> int:
+        """Items placed after ``now`` in the merged feed (archived while the clock was
+        ahead) are placed at ``now``, so that they do not stay above every item archived
+        from now on; return how many. Uses the date index: free when there are none."""
+        stamp = format_time(now)
+        if not self._read("SELECT 1 FROM items WHERE sort_date > ? LIMIT 1", (stamp,)):
+            return 0
+        with self._transaction() as db:
+            moved = db.execute("UPDATE items SET sort_date = ? WHERE sort_date > ?", (stamp, stamp))
+        return int(moved.rowcount)
 
     def replace_items(self, records: Iterable[ItemRecord | Post]) -> None:
         """Swap the whole item index for ``records`` in one transaction (reindex)."""

@@ -78,9 +78,9 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(min(int(value), MAX_WAIT))
-    when = _http_date(value)
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true, and int() refuses it
+        return min(float(value), float(MAX_WAIT))  # float: 5,000 digits are no error
+    when = http_date(value)
     return None if when is None else max(0.0, (when - now).total_seconds())
 
 
@@ -90,8 +90,8 @@ def cache_hint(headers: Mapping[str, str], ttl_minutes: int | None, now: datetim
     control = headers.get("cache-control", "").lower()
     if match := re.search(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", control):
         hints.append(float(match.group(1)))
-    if (expires := _http_date(headers.get("expires", ""))) is not None:
-        date = _http_date(headers.get("date", "")) or now
+    if (expires := http_date(headers.get("expires", ""))) is not None:
+        date = http_date(headers.get("date", "")) or now
         hints.append((expires - date).total_seconds())
     if ttl_minutes is not None and ttl_minutes > 0:
         hints.append(ttl_minutes * 60.0)
@@ -99,13 +99,18 @@ def cache_hint(headers: Mapping[str, str], ttl_minutes: int | None, now: datetim
     return min(best, MAX_WAIT) if best > 0 else None
 
 
-def _http_date(value: str) -> datetime | None:
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP date (RFC 9110: ``Wed, 01 May 2024 19:00:00 GMT``) as an aware UTC datetime,
+    or None when it is absent or not a date this program can represent.
+
+    Servers and clients send anything here: a year of 99999999999 must not raise.
+    """
     if not value:
         return None
     from email.utils import parsedate_to_datetime  # noqa: PLC0415 -- 15 ms, rarely needed
 
     try:
         when = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when

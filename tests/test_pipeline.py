@@ -104,7 +104,7 @@ def test_not_modified_ends_the_feed_pass(tmp_path: Path, farm: Farm, clock: Step
     assert not second.published
     assert (cfg.archive / "feed.xml").stat().st_mtime_ns == before
     with Archive(cfg.archive) as arc:
-        assert arc.state.validators(cfg.feeds[0].url).etag == '"e2"'
+        assert (status := arc.state.status(cfg.feeds[0].url)) and status.validators.etag == '"e2"'
     # A missing output is rebuilt even when nothing changed.
     (cfg.archive / "atom.xml").unlink()
     assert run_pass(cfg, clock=clock).published
@@ -150,8 +150,8 @@ def test_one_bad_feed_never_stops_the_others(tmp_path: Path, farm: Farm, clock: 
     assert outcomes["garbage"][0] == ERROR and outcomes["garbage"][1].startswith("not a feed")
     assert check_outputs(cfg.archive) == 2
     with Archive(cfg.archive) as arc:
-        record = arc.state.feed(farm.url("/missing"))
-        assert record and record.last_outcome == ERROR and record.http_status == 404
+        record = arc.state.status(farm.url("/missing"))
+        assert record and record.outcome == ERROR and record.http_status == 404
 
 
 def test_a_huge_feed_is_cut_to_its_newest_max_entries(

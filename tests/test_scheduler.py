@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from contextlib import ExitStack
@@ -18,9 +17,10 @@ import pytest
 from aggregator.archive import Archive
 from aggregator.config import load_config
 from aggregator.fetch import make_client
+from aggregator.lifecycle import after_edit, first_polls
 from aggregator.models import Config
 from aggregator.pipeline import ERROR, FeedResult, Poller, fetch_settings, run_pass
-from aggregator.scheduler import Daemon, Planner
+from aggregator.scheduler import Daemon
 from tests.conftest import write_config
 from tests.farm import Answer, Farm, Request, rss
 
@@ -58,22 +58,20 @@ def test_due_feeds_are_spread_and_next_polls_survive_a_restart(tmp_path: Path, f
     a, b, c = (f.url for f in config.feeds)
     clock = FakeClock()
     with Archive(config.archive) as archive:
-        planner = Planner(archive.state, random.Random(1))
-        assert planner.at_start(config.feeds, NOW) == {
+        assert first_polls(archive.state.statuses(), config.feeds, NOW) == {
             a: NOW,
             b: NOW + timedelta(seconds=20),
             c: NOW + timedelta(seconds=40),
         }
         result = poll(config, archive, clock, a)
-        when = planner.after_poll(config.feeds[0], result, NOW)
+        when = result.status.next_poll
         assert when is not None and NOW + timedelta(seconds=0.9 * HOUR) <= when <= NOW + timedelta(
             seconds=1.1 * HOUR
         )
-        archive.state.set_next_poll(a, when)
     # A restart ten minutes later: a is not due (its stored time stands), b and c are.
     later = NOW + timedelta(minutes=10)
     with Archive(config.archive) as archive:
-        plan = Planner(archive.state, random.Random(2)).at_start(config.feeds, later)
+        plan = first_polls(archive.state.statuses(), config.feeds, later)
     stored = when.replace(microsecond=when.microsecond // 1000 * 1000)  # kept to the millisecond
     assert plan == {a: stored, b: later, c: later + timedelta(seconds=30)}
 
@@ -87,11 +85,10 @@ def test_hints_lengthen_the_wait_and_never_shorten_it(tmp_path: Path, farm: Farm
     config = config_for(tmp_path, farm, ["/long", "/short", "/ttl"])
     clock = FakeClock()
     with Archive(config.archive) as archive:
-        planner = Planner(archive.state, random.Random(3))
         waits = {}
         for source in config.feeds:
             result = poll(config, archive, clock, source.url)
-            when = planner.after_poll(source, result, NOW)
+            when = result.status.next_poll
             assert when is not None
             waits[source.url.rsplit("/", 1)[1]] = (when - NOW).total_seconds() / HOUR
     assert 3 * 0.9 <= waits["long"] <= 3 * 1.1
@@ -107,21 +104,20 @@ def test_failures_back_off_and_retry_after_is_honoured(tmp_path: Path, farm: Far
     down, busy, slow = config.feeds
     clock = FakeClock()
     with Archive(config.archive) as archive:
-        planner = Planner(archive.state, random.Random(4))
         hours = []
         for _ in range(6):
             result = poll(config, archive, clock, down.url)
-            when = planner.after_poll(down, result, NOW)
+            when = result.status.next_poll
             assert when is not None
             hours.append((when - NOW).total_seconds() / HOUR)
         for got, expected in zip(hours, [2, 4, 8, 16, 24, 24], strict=True):
             assert expected * 0.9 <= got <= expected * 1.1, hours
-        record = archive.state.feed(down.url)
-        assert record is not None and record.error_count == 6 and record.last_outcome == ERROR
+        record = archive.state.status(down.url)
+        assert record is not None and record.errors_in_a_row == 6 and record.outcome == ERROR
 
         result = poll(config, archive, clock, busy.url)
         assert result.hint == 18000  # five hours, longer than the 2 h back-off
-        when = planner.after_poll(busy, result, NOW)
+        when = result.status.next_poll
         assert when is not None and 5 * 0.9 <= (when - NOW).total_seconds() / HOUR <= 5 * 1.1
 
         result = poll(config, archive, clock, slow.url)
@@ -129,7 +125,7 @@ def test_failures_back_off_and_retry_after_is_honoured(tmp_path: Path, farm: Far
         # Success resets the back-off.
         farm.routes["/down"] = Answer(200, FEED)
         result = poll(config, archive, clock, down.url)
-        when = planner.after_poll(down, result, NOW)
+        when = result.status.next_poll
         assert when is not None and (when - NOW).total_seconds() <= 1.1 * HOUR
 
 
@@ -139,23 +135,20 @@ def test_gone_feeds_stop_until_their_entry_changes(tmp_path: Path, farm: Farm) -
     (source,) = config.feeds
     clock = FakeClock()
     with Archive(config.archive) as archive:
-        planner = Planner(archive.state, random.Random(5))
         first = poll(config, archive, clock, source.url)
-        assert first.gone and first.status == 410
+        assert first.status.gone_settings == source.settings and first.status.http_status == 410
         assert first.error == f"HTTP 410 Gone; not polled again until {config.path} changes it"
-        assert planner.after_poll(source, first, NOW) is None
-        assert planner.at_start(config.feeds, NOW + timedelta(days=3)) == {}
+        assert first.status.next_poll is None
+        assert first_polls(archive.state.statuses(), config.feeds, NOW + timedelta(days=3)) == {}
         again = poll(config, archive, clock, source.url)
-        assert (
-            again.gone and again.error and again.error.startswith("gone (HTTP 410 on 2024-05-01)")
-        )
+        assert again.error and again.error.startswith("gone (HTTP 410 on 2024-05-01)")
         assert len(farm.requests_to("/gone")) == 1  # not fetched again
         # The user edits the entry (here: gives it a name): it is polled again.
         edited = replace(source, name="Renamed")
-        assert planner.after_edit(edited, NOW) == NOW
+        assert after_edit(archive.state.status(source.url), edited, NOW) == NOW
         farm.routes["/gone"] = Answer(200, FEED)
         back = poll(replace(config, feeds=(edited,)), archive, clock, source.url)
-        assert back.outcome == "new" and not back.gone
+        assert back.outcome == "new" and back.status.gone_settings is None
         assert len(farm.requests_to("/gone")) == 2
 
 
@@ -170,7 +163,7 @@ def test_permanent_redirects_move_the_feed(
     clock = FakeClock()
     with Archive(config.archive) as archive, caplog.at_level(logging.WARNING):
         assert poll(config, archive, clock, source.url).outcome == "new"
-        record = archive.state.feed(source.url)
+        record = archive.state.status(source.url)
         assert record is not None and record.moved_to == farm.url("/new")
         assert (
             f"{config.path}:{source.line}: feed {source.url} has moved permanently to {farm.url('/new')}"
@@ -192,7 +185,7 @@ def test_temporary_redirects_keep_the_url(tmp_path: Path, farm: Farm, chain: lis
     with Archive(config.archive) as archive:
         poll(config, archive, clock, source.url)
         poll(config, archive, clock, source.url)
-        record = archive.state.feed(source.url)
+        record = archive.state.status(source.url)
         assert record is not None and record.moved_to is None
     assert len(farm.requests_to("/hop0")) == 2
 
@@ -274,7 +267,7 @@ def test_a_restart_does_not_refetch_feeds_that_are_not_due(tmp_path: Path, farm:
         run_daemon(Daemon(config, port=free_port()), lambda: len(farm.requests_to("/a")) == 1) == 0
     )
     with Archive(config.archive) as archive:
-        record = archive.state.feed(config.feeds[0].url)
+        record = archive.state.status(config.feeds[0].url)
     assert record is not None and record.next_poll is not None
     assert record.next_poll - datetime.now(UTC) > timedelta(minutes=50)
     started = time.monotonic()

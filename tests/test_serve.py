@@ -13,7 +13,7 @@ from bs4 import BeautifulSoup
 from aggregator.archive import Archive
 from aggregator.config import load_config
 from aggregator.metrics import Metrics
-from aggregator.models import Config
+from aggregator.models import Config, FeedStatus, Outcome
 from aggregator.pipeline import FeedResult
 from aggregator.publish import publish
 from aggregator.serve import Site, make_app
@@ -49,7 +49,9 @@ def served(tmp_path: Path) -> Iterator[tuple[Site, Archive]]:
     )
     with Archive(config.archive) as archive:
         fill(archive, 12)
-        archive.state.record_poll("https://ex.com/feed", when=datetime.now(UTC), outcome="new")
+        archive.state.save_statuses(
+            [FeedStatus("https://ex.com/feed", last_poll=datetime.now(UTC), outcome=Outcome.NEW)]
+        )
         yield Site(config, archive.state, Metrics()), archive
 
 
@@ -131,9 +133,7 @@ def test_home_page_lists_items_sources_and_subscribe_links(site: Site) -> None:
     assert items[0].a["href"] == "https://ex.com/11"
     assert "<script>" not in page.text and "&lt;&amp;&gt;" in page.text  # titles are escaped
     rows = [r.get_text(" ", strip=True) for r in soup.find_all("tr")[1:]]
-    assert rows[0].startswith("Ex new") and rows[1].startswith(
-        "https://broken.example/rss not polled yet"
-    )
+    assert rows[0].startswith("Ex new") and rows[1].startswith("broken.example not polled yet")
 
 
 def test_opml_lists_the_sources(site: Site) -> None:
@@ -148,29 +148,41 @@ def test_opml_lists_the_sources(site: Site) -> None:
     ]
 
 
-def test_healthz_and_metrics(site: Site) -> None:
+def test_healthz_and_metrics(served: tuple[Site, Archive]) -> None:
+    site, archive = served
     http = client(site)
+    # Posts were archived but never published: the merged feed is behind.
+    behind = http.get("/healthz").json()
+    assert behind["status"] == "degraded"
+    assert behind["reasons"] == ["publish: posts were archived that the merged feed lacks"]
+    publish(site.config, archive, datetime.now(UTC))
     healthy = http.get("/healthz")
     assert healthy.status_code == 200 and healthy.json()["status"] == "ok"
-    site.state.record_poll(
-        "https://broken.example/rss", when=datetime.now(UTC), outcome="error", error="HTTP 500"
+    site.state.save_statuses(
+        [
+            FeedStatus(
+                "https://broken.example/rss",
+                last_poll=datetime.now(UTC),
+                outcome=Outcome.ERROR,
+                error="HTTP 500",
+            )
+        ]
     )
     degraded = http.get("/healthz")
     assert degraded.status_code == 200  # alive; the body tells the sources' health
     report = degraded.json()
     assert report["status"] == "degraded" and report["feeds"] == 2
     assert report["feeds_in_error"] == [
-        {
-            "name": "https://broken.example/rss",
-            "url": "https://broken.example/rss",
-            "error": "HTTP 500",
-        }
+        {"name": "broken.example", "url": "https://broken.example/rss", "error": "HTTP 500"}
     ]
+    assert report["reasons"] == ["feed broken.example (https://broken.example/rss): HTTP 500"]
     assert report["last_pass"]
 
     assert site.metrics is not None
-    site.metrics.observe(FeedResult("https://ex.com/feed", "Ex", "new", new=3, fetch_seconds=0.2))
-    site.metrics.observe(FeedResult("https://broken.example/rss", "b", "error", error="x"))
+    good = FeedStatus("https://ex.com/feed", outcome=Outcome.NEW)
+    bad = FeedStatus("https://broken.example/rss", outcome=Outcome.ERROR, error="x")
+    site.metrics.observe(FeedResult(good.url, "Ex", good, new=3, fetch_seconds=0.2))
+    site.metrics.observe(FeedResult(bad.url, "b", bad, error="x"))
     text = http.get("/metrics").text
     assert 'aggregator_polls_total{outcome="new"} 1.0' in text
     assert 'aggregator_polls_total{outcome="error"} 1.0' in text

@@ -1,0 +1,211 @@
+"""What a poll means for its feed: the one place that decides a feed's status.
+
+After every poll, :func:`after_poll` turns the previous :class:`FeedStatus` and what the
+poll saw (an :class:`Observation`) into the next status: outcome, error, failures in a
+row, validators, name, moved/gone, and when to poll next. The scheduler, ``poll``,
+``status``, the home page and ``/healthz`` all read that one value; :func:`assess` says
+whether a feed is healthy at a given time.
+
+Pure: the time and the randomness come in as arguments; nothing here does I/O.
+
+The rules (timing.py has the arithmetic):
+
+- a feed is polled every ``interval`` ± 10 %; the server's hints can lengthen that wait,
+  never shorten it; failures back off exponentially, up to 24 h (or the interval, if
+  longer);
+- a failure on this side (the archive or the index could not be written) is not the
+  feed's fault: it is retried within minutes, whatever the back-off;
+- 410 Gone stops the polls until the feed's entry in feeds.yaml changes;
+- a stored time further ahead than any wait allows (the clock was wrong when it was
+  stored) is not believed: the feed is due now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from aggregator.models import FeedSource, FeedStatus, Outcome, Validators, format_time
+from aggregator.timing import JITTER, MAX_WAIT, START_SPREAD, next_delay, spread
+
+LOCAL_RETRY = 300.0  # seconds: a failure of our own (disk, index) is retried this soon
+OVERDUE_FACTOR = 2  # a feed this many intervals late is overdue
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one poll saw, before anything is decided."""
+
+    outcome: Outcome
+    error: str | None = None
+    http_status: int | None = None
+    hint: float | None = None  # seconds the server asked us to wait
+    name: str | None = None  # the feed's own title
+    validators: Validators | None = None  # to send next time (None: keep the old ones)
+    moved_to: str | None = None  # every redirect was permanent: the feed lives there now
+    gone: bool = False  # 410 Gone
+    local: bool = False  # the failure is on this side (archive, index), not the feed's
+
+
+def longest_wait(source: FeedSource) -> float:
+    """The longest wait any poll can plan for this feed, in seconds (jitter included)."""
+    return max(float(source.interval), float(MAX_WAIT)) * (1 + JITTER)
+
+
+def is_gone(status: FeedStatus | None, source: FeedSource) -> bool:
+    """The feed answered 410 Gone and its feeds.yaml entry has not changed since."""
+    return status is not None and status.gone_settings == source.settings
+
+
+def display_name(source: FeedSource, status: FeedStatus | None) -> str:
+    """feeds.yaml's name, else the feed's own title, else its host."""
+    return (
+        source.name
+        or (status.name if status else None)
+        or urlsplit(source.url).hostname
+        or (source.url)
+    )
+
+
+def after_poll(
+    previous: FeedStatus | None,
+    seen: Observation,
+    source: FeedSource,
+    now: datetime,
+    jitter: float = 0.0,
+) -> FeedStatus:
+    """The feed's status after a poll that saw ``seen`` at ``now``.
+
+    ``jitter`` is in [-1, 1] (random in the daemon), spreading polls by ±10 %.
+    """
+    previous = previous or FeedStatus(source.url)
+    failed = seen.outcome is Outcome.ERROR
+    errors = previous.errors_in_a_row + 1 if failed else 0
+    if seen.gone:
+        next_poll = None
+    elif seen.local:
+        next_poll = _later(now, min(float(source.interval), LOCAL_RETRY) * (1 + JITTER * jitter))
+    else:
+        delay = next_delay(source.interval, errors=errors, hint=seen.hint, jitter=jitter)
+        next_poll = _later(now, delay)
+    return FeedStatus(
+        url=source.url,
+        name=seen.name or previous.name,
+        validators=previous.validators if failed or seen.validators is None else seen.validators,
+        last_poll=now,
+        outcome=seen.outcome,
+        error=seen.error if failed else None,
+        http_status=seen.http_status,
+        errors_in_a_row=errors,
+        next_poll=next_poll,
+        moved_to=seen.moved_to or previous.moved_to,
+        gone_settings=source.settings if seen.gone else None,
+    )
+
+
+def gone_reason(status: FeedStatus) -> str:
+    """Why a gone feed is not polled."""
+    when = status.last_poll.date() if status.last_poll else "earlier"
+    return f"gone (HTTP 410 on {when}); change or remove its entry in feeds.yaml"
+
+
+def first_polls(
+    statuses: Mapping[str, FeedStatus],
+    sources: Iterable[FeedSource],
+    now: datetime,
+    window: float = START_SPREAD,
+) -> dict[str, datetime]:
+    """When the daemon first polls each feed at start-up.
+
+    A feed keeps its stored next poll when that is still ahead (no refetch storm on a
+    restart), unless it is further ahead than any wait allows; the others are due and are
+    spread over the first ``window`` seconds. Gone feeds are left out.
+    """
+    plan: dict[str, datetime] = {}
+    due = []
+    for source in sources:
+        status = statuses.get(source.url)
+        if is_gone(status, source):
+            continue
+        when = status.next_poll if status else None
+        if when is not None and now < when <= _later(now, longest_wait(source)):
+            plan[source.url] = when
+        else:
+            due.append(source)
+    for source, when in zip(due, spread(len(due), now, window), strict=True):
+        plan[source.url] = when
+    return plan
+
+
+def after_edit(status: FeedStatus | None, source: FeedSource, now: datetime) -> datetime:
+    """A feed whose feeds.yaml entry changed: due one (new) interval after its last poll."""
+    if status is None or status.last_poll is None or status.gone_settings:
+        return now
+    if status.last_poll > now:  # polled "in the future": the clock was wrong, so when?
+        return now
+    return max(now, _later(status.last_poll, source.interval))
+
+
+def stray(planned: datetime, source: FeedSource, now: datetime) -> bool:
+    """A planned poll no wait can explain: the clock went back since it was planned."""
+    return planned > _later(now, longest_wait(source))
+
+
+class Health(StrEnum):
+    OK = "ok"
+    NEW = "new"  # not polled yet
+    FAILING = "failing"  # the last poll failed
+    OVERDUE = "overdue"  # not polled when it should have been
+    GONE = "gone"  # 410: needs an edit of feeds.yaml
+
+
+@dataclass(frozen=True, slots=True)
+class FeedHealth:
+    state: Health
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state in (Health.OK, Health.NEW)
+
+
+def assess(status: FeedStatus | None, source: FeedSource, now: datetime) -> FeedHealth:
+    """Is this feed being polled as it should, and did its last poll work?"""
+    if is_gone(status, source):
+        assert status is not None
+        return FeedHealth(Health.GONE, gone_reason(status))
+    if status is None or status.last_poll is None:
+        return FeedHealth(Health.NEW)
+    if status.next_poll is not None and stray(status.next_poll, source, now):
+        return FeedHealth(
+            Health.OVERDUE,
+            f"next poll planned for {format_time(status.next_poll)}, further ahead than any "
+            "wait allows (was the clock wrong?)",
+        )
+    due = status.next_poll or _later(status.last_poll, source.interval)
+    late = (now - due).total_seconds()
+    if late > OVERDUE_FACTOR * source.interval:
+        return FeedHealth(
+            Health.OVERDUE,
+            f"not polled since {format_time(status.last_poll)}: due {format_time(due)}, "
+            f"more than {OVERDUE_FACTOR} intervals ago",
+        )
+    if status.outcome is Outcome.ERROR:
+        return FeedHealth(Health.FAILING, status.error)
+    return FeedHealth(Health.OK)
+
+
+def with_next_poll(status: FeedStatus | None, source: FeedSource, when: datetime) -> FeedStatus:
+    """``status`` with a new planned poll (after an edit of feeds.yaml)."""
+    return replace(status or FeedStatus(source.url), next_poll=when)
+
+
+def _later(moment: datetime, seconds: float) -> datetime:
+    """``moment`` + ``seconds``, saturating at the largest representable time."""
+    try:
+        return moment + timedelta(seconds=seconds)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=moment.tzinfo)
