@@ -1,0 +1,219 @@
+"""The index is an index: lost, emptied or damaged, it is rebuilt from the posts and never
+a reason to archive an item twice; a read-only archive serves every read-only command and
+endpoint. Run through the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import frontmatter
+import httpx
+import pytest
+
+from aggregator.archive import state_path
+from tests.farm import Answer, Farm, rss
+from tests.test_scheduler import free_port
+
+
+def items(prefix: str, n: int) -> list[dict[str, str]]:
+    return [
+        {"title": f"{prefix} story {i}", "link": f"https://{prefix}.example/{i}"} for i in range(n)
+    ]
+
+
+def aggregator(*args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aggregator", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        user=user,
+    )
+
+
+def setup(tmp_path: Path, farm: Farm) -> Path:
+    farm.routes["/a"] = Answer(200, rss(items("a", 3)))
+    farm.routes["/b"] = Answer(200, rss(items("b", 2), title="Feed B"))
+    config = tmp_path / "feeds.yaml"
+    config.write_text(
+        f"feeds:\n  - url: {farm.url('/a')}\n    name: Feed A\n    tags: [x]\n"
+        f"  - url: {farm.url('/b')}\n"
+    )
+    result = aggregator("poll", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    return config
+
+
+def sources(archive: Path) -> list[str]:
+    posts = sorted((archive / "_posts").rglob("*.md"))
+    return sorted(str(frontmatter.loads(p.read_text()).metadata["from"]) for p in posts)
+
+
+def published(archive: Path) -> bytes:
+    return json.dumps(
+        [(i["id"], i["title"]) for i in json.loads((archive / "feed.json").read_text())["items"]]
+    ).encode()
+
+
+def damage_header(db: Path) -> None:
+    with db.open("r+b") as f:
+        f.write(b"this is not a database at all!!")
+
+
+def damage_pages(db: Path) -> None:
+    """Garbage over the pages after the first: the header still reads as SQLite."""
+    connection = sqlite3.connect(db)
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.close()
+    size = db.stat().st_size
+    with db.open("r+b") as f:
+        f.seek(4096)
+        f.write(os.urandom(size - 4096))
+
+
+def lose(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+
+
+def empty(db: Path) -> None:
+    lose(db)
+    db.write_bytes(b"")
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        (lose, "lists no posts"),
+        (empty, "lists no posts"),
+        (damage_header, "was damaged"),
+    ],
+)
+def test_a_lost_or_damaged_index_never_duplicates_a_post(
+    tmp_path: Path, farm: Farm, fault: Callable[[Path], None], said: str
+) -> None:
+    config = setup(tmp_path, farm)
+    archive = tmp_path / "archive"
+    before, feed_before = sources(archive), published(archive)
+    assert len(before) == 5
+    fault(state_path(archive))
+    farm.routes["/a"] = Answer(200, rss(items("a", 4)))  # one new item meanwhile
+    result = aggregator("poll", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert said in result.stderr and "rebuil" in result.stderr
+    after = sources(archive)
+    assert len(after) == len(set(after)) == 6  # the new item, and nothing twice
+    assert set(before) < set(after)
+    assert published(archive) != feed_before and "a story 3" in published(archive).decode()
+    if fault is damage_header:
+        kept = list((archive / ".aggregator").glob("state.sqlite3.damaged-*"))
+        assert len(kept) == 1 and kept[0].read_bytes().startswith(b"this is not a database")
+    # The rebuilt index knows every post: one more pass archives nothing.
+    again = aggregator("poll", "-c", str(config))
+    assert again.returncode == 0 and "0 new items" in again.stdout
+    assert sources(archive) == after
+
+
+def test_reindex_rebuilds_an_index_damaged_inside(tmp_path: Path, farm: Farm) -> None:
+    config = setup(tmp_path, farm)
+    archive = tmp_path / "archive"
+    feed_before = published(archive)
+    damage_pages(state_path(archive))
+    result = aggregator("reindex", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "was damaged" in result.stderr and "indexed 5 posts" in result.stdout
+    assert published(archive) == feed_before
+    again = aggregator("poll", "-c", str(config))
+    assert again.returncode == 0 and "0 new items" in again.stdout, again.stderr
+
+
+def test_commands_that_only_read_say_how_to_rebuild_a_lost_index(
+    tmp_path: Path, farm: Farm
+) -> None:
+    config = setup(tmp_path, farm)
+    lose(state_path(tmp_path / "archive"))
+    status = aggregator("status", "-c", str(config))
+    assert status.returncode == 1 and "Traceback" not in status.stderr
+    assert "`aggregator reindex` rebuilds it" in status.stderr
+    assert "run `aggregator poll` first" not in status.stderr
+
+
+def read_only(folder: Path) -> list[str]:
+    """A command prefix under which ``folder`` cannot be written. Root ignores file
+    permissions, so for root it is a read-only bind mount in a mount namespace of the
+    command's own; anyone else gets the folder's write permissions taken away."""
+    if os.geteuid() != 0:
+        for path in [folder, *folder.rglob("*")]:
+            path.chmod(path.stat().st_mode & ~0o222)
+        return []
+    prefix = ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"']
+    probe = subprocess.run([*prefix, str(folder), "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a read-only mount here: {probe.stderr.decode().strip()}")
+    return [*prefix, str(folder)]
+
+
+def test_a_read_only_archive_serves_every_reading_command_and_endpoint(
+    tmp_path: Path, farm: Farm
+) -> None:
+    config = setup(tmp_path, farm)
+    archive = tmp_path / "archive"
+    ro = read_only(archive)
+
+    def command(*args: str) -> list[str]:
+        return [*ro, sys.executable, "-m", "aggregator", *args]
+
+    try:
+        writable = subprocess.run(
+            [*ro, "sh", "-c", f"touch {archive}/probe"], capture_output=True, check=False
+        )
+        assert writable.returncode != 0  # the fault is real
+        status = subprocess.run(
+            command("status", "-c", str(config)), capture_output=True, text=True, check=False
+        )
+        assert status.returncode == 0, status.stderr
+        assert "Feed A" in status.stdout and "Feed B" in status.stdout
+        opml = subprocess.run(
+            command("export-opml", "-c", str(config)), capture_output=True, text=True, check=False
+        )
+        assert opml.returncode == 0 and "Feed B" in opml.stdout, opml.stderr
+        port = free_port()
+        server = subprocess.Popen(
+            command("serve", "-c", str(config), "--port", str(port)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    health = httpx.get(base + "/healthz", timeout=5)
+                    break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline and server.poll() is None
+                    time.sleep(0.1)
+            assert health.status_code == 200 and health.json()["feeds"] == 2
+            home = httpx.get(base + "/", timeout=5)
+            assert home.status_code == 200 and "a story 2" in home.text
+            assert httpx.get(base + "/opml.xml", timeout=5).status_code == 200
+            assert httpx.get(base + "/atom.xml", timeout=5).status_code == 200
+        finally:
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=30) == 0
+            assert server.stderr is not None
+            assert b"Traceback" not in server.stderr.read()
+    finally:
+        for path in [archive, *archive.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
