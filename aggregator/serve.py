@@ -339,15 +339,20 @@ class _Server(uvicorn.Server):
 REQUEST_TIMEOUT = 10.0  # seconds for a new or kept-alive connection to send its request
 RESPONSE_TIMEOUT = 60.0  # seconds for a request to be answered and the answer taken
 KEEP_ALIVE = 5.0
+# Connections accepted in one go. asyncio accepts up to this many before any of them is
+# seen by the protocol (which makes room), and on "too many open files" it schedules a
+# retry per remaining attempt: small bursts keep both bounded.
+ACCEPT_BURST = 64
+RESERVE_FILES = 256  # descriptors kept for feeds, the index, the posts and the workers
 
 
-def max_connections(reserve: int = 256) -> int:
+def max_connections() -> int:
     """How many client connections to keep at once: what the open-file limit leaves after
-    ``reserve`` descriptors for feeds, the index and the workers; at most 4096."""
+    the reserve and three bursts of accepts (accepted before room is made); at most 4096."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 4096
-    return max(16, min(4096, soft - reserve))
+    return max(16, min(4096, soft - RESERVE_FILES - 3 * ACCEPT_BURST))
 
 
 def raise_open_file_limit() -> int:
@@ -456,13 +461,17 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]
     """The event loop's error handler: a failed accept() (out of file descriptors) is
     logged once a minute, not with a traceback per attempt."""
     message = str(context.get("message", ""))
+    error = context.get("exception")
     if message.startswith("socket.accept() out of system resource"):
-        error = context.get("exception")
         _throttled.log(
             "accept", logging.ERROR,
             "cannot accept connections: %s (raise LimitNOFILE / ulimit -n)",
             getattr(error, "strerror", None) or error,
         )  # fmt: skip
+        return
+    if "_start_serving" in repr(context.get("handle")) and isinstance(error, ValueError | OSError):
+        # asyncio's retry of accept() after such an error, firing after the server closed
+        log.debug("accept retry after the server closed: %s", error)
         return
     loop.default_exception_handler(context)
 
@@ -500,6 +509,7 @@ def make_server(
         lifespan="off",
         access_log=True,
         timeout_keep_alive=int(KEEP_ALIVE),
+        backlog=ACCEPT_BURST,
         h11_max_incomplete_event_size=16 * 1024,  # a request's headers
     )
     return _Server(config)
