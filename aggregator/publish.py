@@ -87,7 +87,7 @@ def publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
 def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
     base = site_base(config.link)
     main = Channel(config.title, config.description, config.link, base)
-    items = _load_items(archive, archive.state.newest(config.max_items), {})
+    items = _load_items(archive, archive.state.newest(config.max_items), {}, config.link)
     paths = _write_feed(archive.root, main, items, now)
     known = {item.key: item for item in items}  # tag feeds mostly hold these same items
     tags = config_tags(config)
@@ -100,7 +100,7 @@ def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
             folder,
         )
         records = archive.state.newest(config.max_items, feeds=tag.feed_urls)
-        tagged = _load_items(archive, records, known)
+        tagged = _load_items(archive, records, known, config.link)
         paths += _write_feed(archive.root / TAGS_DIR / tag.slug, channel, tagged, now)
     install_site(archive.root)
     write_site_data(config, archive.root, tags)
@@ -124,7 +124,7 @@ def _write_feed(folder: Path, channel: Channel, items: list[_Item], now: datetim
 
 
 def _load_items(
-    archive: Archive, records: list[ItemRecord], known: dict[str, _Item]
+    archive: Archive, records: list[ItemRecord], known: dict[str, _Item], site: str
 ) -> list[_Item]:
     items = []
     for record in records:
@@ -136,25 +136,34 @@ def _load_items(
         except ArchiveError as e:
             log.warning("skipped in merged feed: %s (run `aggregator reindex`)", e)
             continue
-        items.append(_item(post, record.key, record.feed_url))
+        items.append(_item(post, record.key, record.feed_url, site))
     return items
 
 
-def _item(post: StoredPost, key: str, feed_url: str | None) -> _Item:
+_ID_SCHEMES = frozenset({"http", "https", "urn", "tag"})
+
+
+def _item(post: StoredPost, key: str, feed_url: str | None, site: str) -> _Item:
     content = xml_safe(post.content)
     # The summary needs the start of the text only; a 10 MB item is not stripped whole.
     text = " ".join(html_to_text(content[: SUMMARY_CHARS * 20]).split())
     if len(text) > SUMMARY_CHARS:
         text = text[: SUMMARY_CHARS - 1].rstrip() + "…"
     source = xml_safe(post.source)
-    has_scheme = ":" in source and source.split(":", 1)[0].isalpha()
+    scheme = source.split(":", 1)[0].lower() if ":" in source else ""
+    # Only http(s) is ever linked: a post whose link is anything else (a hand edit, an
+    # item known by a javascript:// GUID) links to its source if that is http(s), else
+    # to the site. Identifiers keep the schemes readers expect of them.
+    link = next((u for u in (xml_safe(post.link), source) if is_http_url(u)), site)
     return _Item(
         key=key,
-        id=source if has_scheme else "urn:sha256:" + hashlib.sha256(key.encode()).hexdigest(),
+        id=source
+        if scheme in _ID_SCHEMES
+        else "urn:sha256:" + hashlib.sha256(key.encode()).hexdigest(),
         guid=source or key,
         guid_is_link=is_http_url(source),
         title=xml_safe(post.title),
-        link=xml_safe(post.link),
+        link=link,
         author=xml_safe(post.author) or "unknown",
         tags=tuple(xml_safe(t) for t in post.tags),
         date=sort_date(post.published, post.archived),

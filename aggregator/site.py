@@ -8,6 +8,7 @@ when feeds.yaml changes; a tag that leaves feeds.yaml takes its folder with it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -56,18 +57,37 @@ def config_tags(config: Config) -> list[Tag]:
     return [Tag(names[slug], slug, tuple(urls)) for slug, urls in feeds.items()]
 
 
+# SHA-256 of the versions of the site files that earlier releases wrote. A file still
+# exactly as shipped was not edited by the user, so it is brought up to date: the post
+# layout that linked any `from:` containing "://" (a javascript:// GUID included), the
+# _config.yml that let Jekyll hide posts dated after the build.
+_SHIPPED_BEFORE = {
+    "_config.yml": {"fb9091f35e6e6489aca81926aee8313d154ae7705ce3468066473df1a0c24228"},
+    "_layouts/post.html": {"a16f6d59c93a3e55bc42a665e3c4dc34e48135d893afe9720c4273d360c2b647"},
+}
+
+
 def install_site(root: Path) -> list[str]:
-    """Write the site files that are missing; return their names."""
+    """Write the site files that are missing, and replace those still exactly as an
+    earlier version shipped them; return their names. Edited files are left alone."""
     template = resources.files("aggregator") / "site"
     written = []
     for name in SITE_FILES:
         target = root / name
-        if not target.exists():
+        try:
+            current = target.read_bytes()
+        except FileNotFoundError:
+            current = None
+        if current is None or _digest(current) in _SHIPPED_BEFORE.get(name, ()):
             write_file_atomic(target, (template / name).read_bytes())
             written.append(name)
     if written:
         log.info("site files written: %s", ", ".join(written))
     return written
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_site_data(config: Config, root: Path, tags: list[Tag]) -> None:

@@ -115,3 +115,35 @@ def test_a_missing_post_is_skipped_with_a_warning(
         publish(cfg, arc, NOW)
     assert check_outputs(cfg.archive) == 2
     assert "run `aggregator reindex`" in caplog.text
+
+
+def test_only_http_urls_are_linked_whatever_field_they_came_from(tmp_path: Path) -> None:
+    """An item known only by a script GUID, and a post whose link line was edited to a
+    script: the merged feeds link neither, and identify them without the scheme."""
+    import json
+
+    cfg = config(tmp_path)
+    entries = [
+        Entry("By GUID", None, "javascript://%0Aalert(1)", "<p>a</p>", "https://ex.com/", NOW),
+        Entry("Edited", "https://ex.com/edited", None, "<p>b</p>", "https://ex.com/", NOW),
+    ]
+    where = {"feed_url": "https://ex.com/feed", "name": "Ex", "site_link": "https://ex.com/"}
+    posts = [make_post(e, tags=(), archived=NOW, **where) for e in entries]
+    with Archive(cfg.archive) as arc:
+        arc.store(posts)
+        edited = cfg.archive / posts[1].path
+        text = edited.read_text().replace("(https://ex.com/edited)", "(javascript:alert(2))")
+        edited.write_text(text.replace("from: https://ex.com/edited", "from: data:text/html,x"))
+        publish(cfg, arc, NOW)
+    http = ("http://", "https://")
+    for name in ("feed.xml", "atom.xml"):
+        parsed = feedparser.parse((cfg.archive / name).read_bytes())
+        assert len(parsed.entries) == 2
+        for entry in parsed.entries:
+            links = [entry.get("link", "")] + [x.get("href", "") for x in entry.get("links", [])]
+            assert all(link.startswith(http) for link in links), (name, links)
+            if name == "atom.xml":  # (an RSS guid that is no permalink is no link)
+                assert entry.id.startswith(("https://", "urn:")), entry.id
+    items = json.loads((cfg.archive / "feed.json").read_text())["items"]
+    assert sorted(i["url"] for i in items) == sorted(["https://ex.com/", cfg.link])
+    assert all(i["id"].startswith(("https://", "urn:")) for i in items)

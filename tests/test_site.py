@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,9 @@ from bs4 import BeautifulSoup
 
 from aggregator.archive import Archive
 from aggregator.config import load_config
-from aggregator.models import Config
+from aggregator.models import Config, FeedSource
 from aggregator.pipeline import run_pass
+from aggregator.publish import publish
 from aggregator.serve import Site
 from tests.conftest import DATA, StepClock, write_config
 from tests.farm import Answer, Farm, rss
@@ -118,6 +121,29 @@ def test_site_files_are_written_once_and_data_follows_the_config(
     assert (root / "_layouts" / "post.html").read_text() == "my own layout {{ content }}"
 
 
+def test_site_files_an_earlier_version_shipped_unchanged_are_brought_up_to_date(
+    tmp_path: Path,
+) -> None:
+    from aggregator.site import install_site
+
+    shipped = ROOT / "aggregator" / "site"
+    old_layout = (DATA / "site-before" / "post.html").read_bytes()
+    old_config = (DATA / "site-before" / "_config.yml").read_bytes()
+    (tmp_path / "_layouts").mkdir()
+    (tmp_path / "_layouts" / "post.html").write_bytes(old_layout)
+    (tmp_path / "_config.yml").write_bytes(old_config + b"# my note\n")  # edited: kept
+    assert b'page.from contains "://"' in old_layout  # the version that linked any scheme
+    written = install_site(tmp_path)
+    assert "_layouts/post.html" in written and "_config.yml" not in written
+    assert (tmp_path / "_layouts" / "post.html").read_bytes() == (
+        shipped / "_layouts" / "post.html"
+    ).read_bytes()
+    assert (tmp_path / "_config.yml").read_bytes() == old_config + b"# my note\n"
+    (tmp_path / "_config.yml").write_bytes(old_config)
+    assert install_site(tmp_path) == ["_config.yml"]
+    assert b"future: true" in (tmp_path / "_config.yml").read_bytes()
+
+
 def test_the_repository_archive_ships_the_site_files() -> None:
     from aggregator.site import SITE_FILES
 
@@ -144,12 +170,21 @@ def test_jekyll_builds_the_archive(tmp_path: Path, farm: Farm, clock: StepClock)
         {"title": "---", "link": "https://h.example/2", "description": "<p>dashes</p>"},
     ])  # fmt: skip
     farm.routes["/hostile"] = Answer(200, hostile, RSS)
+    script = rss([{"title": "Known by a script GUID", "guid": "javascript://%0Aalert(1)"}])
+    farm.routes["/script"] = Answer(200, script, RSS)
+    farm.routes["/ahead"] = Answer(200, rss([{"title": "Ahead", "link": "https://a.example/"}]))
     feeds = [
         {"url": farm.url("/seed"), "name": "美国之音", "tags": ["中文", "world"]},
         {"url": farm.url("/hostile"), "name": "Odd: names"},
+        {"url": farm.url("/script"), "name": "Script"},
     ]
     config = load_config(write_config(tmp_path, feeds))
     run_pass(config, clock=clock)
+    # A post archived while the clock ran 400 days ahead: dated after the build.
+    ahead = replace(config, feeds=(FeedSource(farm.url("/ahead"), name="Ahead"),))
+    run_pass(ahead, clock=StepClock(datetime.now(UTC) + timedelta(days=400)))
+    with Archive(config.archive) as archive:
+        publish(config, archive, datetime.now(UTC))  # the site's tags, from the whole config
     with Archive(config.archive) as archive:
         records = list(archive.state.items())
         posts = {r.path: archive.read_post(r.path) for r in records}
@@ -171,10 +206,17 @@ def test_jekyll_builds_the_archive(tmp_path: Path, farm: Farm, clock: StepClock)
             page.find("hr") is not None and "——" not in page.get_text()
         )  # the rule under the link
         source = page.find("a", class_="source")
-        assert source is not None and source["href"] == post.source
+        if post.source.startswith("https://"):
+            assert source is not None and source["href"] == post.source
+        else:  # only http(s) is linked
+            assert post.source == "javascript://%0Aalert(1)" and source is None
         text = page.get_text()
         first_words = BeautifulSoup(post.content, "html.parser").get_text().split()[:3]
         assert " ".join(first_words) in " ".join(text.split())
+    assert any(p.archived > datetime.now(UTC) for p in posts.values())  # and it is built
+    for html in out.rglob("*.html"):
+        for element in BeautifulSoup(html.read_text(), "html.parser").find_all(href=True):
+            assert element["href"].split(":")[0].lower() not in ("javascript", "data"), html
     shown = [BeautifulSoup(p.read_text(), "html.parser").get_text() for p in pages]
     assert any("{% include nothing.html %} {{ page.x }}" in text for text in shown)  # not run
     home = BeautifulSoup((out / "index.html").read_text(), "html.parser")
