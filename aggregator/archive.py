@@ -184,6 +184,7 @@ class Archive:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._damaged: str | None = None  # what was wrong with the index, if it was moved
         self.state = self._open_index()
         ignore = root / STATE_DIR / ".gitignore"
         if not ignore.exists():
@@ -213,27 +214,27 @@ class Archive:
                     os.replace(part, aside.with_name(aside.name + suffix))
         except OSError as e:
             raise ArchiveError(f"{error}; moving it aside failed: {e.strerror or e}") from e
-        cause = str(error.__cause__ or error).split(" (", 1)[0]
-        log.warning(
-            "the index %s was damaged (%s): moved it to %s; it is rebuilt from the posts",
-            path, cause, aside.name,
-        )  # fmt: skip
+        self._damaged = f"was damaged ({error.__cause__ or error}): moved it to {aside.name}"
+
+    @property
+    def damaged(self) -> str | None:
+        """What was wrong with the index, if it was moved aside when opened."""
+        return self._damaged
 
     def prepare(self, feeds: Iterable[FeedSource], now: datetime) -> None:
         """Make the index fit for a pass: settle interrupted writes, rebuild the index from
         the posts if it was lost (so that nothing is archived twice), and place items dated
         ahead of the clock at ``now``."""
         self.recover()
-        if not self.state.has_items() and self.has_posts():
-            log.warning(
-                "the index %s lists no posts but %s has some: rebuilding it from the posts "
-                "(as `aggregator reindex` does) before polling",
-                self.state.path, self.root / POSTS_DIR,
-            )  # fmt: skip
+        if self._damaged or (not self.state.has_items() and self.has_posts()):
+            what = self._damaged or f"lists no posts but {self.root / POSTS_DIR} has some"
             count, problems = self.reindex(self.names_of(feeds))
+            log.warning(
+                "the index %s %s; rebuilt it from the posts (%d), as `aggregator reindex` does",
+                self.state.path, what, count,
+            )  # fmt: skip
             for problem in problems:
                 log.warning("reindex: %s", problem)
-            log.warning("indexed %d posts", count)
         if moved := self.state.settle_future(now):
             log.warning(
                 "%d items were archived with dates ahead of the clock (was the clock wrong?); "
@@ -420,6 +421,7 @@ class Archive:
                 path=path,
                 published=post.published,
                 archived=post.archived.astimezone(UTC),
+                author=post.author,
             )
         self.state.replace_items(records.values())
         return len(records), problems

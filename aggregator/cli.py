@@ -68,7 +68,8 @@ def _setup_logging(args: argparse.Namespace, console: Console | None = None) -> 
         )
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "apscheduler"):
+    # uvicorn's start and stop lines repeat the daemon's own
+    for noisy in ("httpx", "httpcore", "apscheduler", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
@@ -279,6 +280,8 @@ def reindex(args: argparse.Namespace) -> int:
                 names = archive.names_of(cfg.feeds)
             count, problems = archive.reindex(names)
             publish(cfg, archive, utc_now())
+            if archive.damaged:
+                problems.insert(0, f"the index {archive.state.path} {archive.damaged}")
     except AggregatorError as e:
         raise _fail(e) from None
     for problem in problems:

@@ -211,6 +211,7 @@ class Post:
     published: datetime | None
     archived: datetime
     text: str  # the whole file
+    author: str = ""  # the source's name, as the post says
 
     @property
     def sort_date(self) -> datetime:

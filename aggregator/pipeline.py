@@ -201,7 +201,18 @@ class Poller:
         self.statuses[source.url] = status
         self._unsaved[source.url] = status
         self.flush()
+        if seen.name and seen.name != (previous.name if previous else None):
+            self._adopt(source.url, seen.name)
         return status
+
+    def _adopt(self, url: str, name: str) -> None:
+        """A feed's name is (newly) known: items indexed without a feed that carry it are
+        the feed's (an index rebuilt from posts knows only their author's name)."""
+        try:
+            if found := self.archive.state.adopt(url, name):
+                log.info("feed=%s url=%s: %d archived items are its own again", name, url, found)
+        except AggregatorError as e:  # rare (a locked index): they stay out of its tag feeds
+            log.warning("feed=%s url=%s: cannot give it its archived items: %s", name, url, e)
 
     def plan(self, source: FeedSource, when: datetime) -> None:
         """Remember a new planned poll for ``source`` (after an edit of feeds.yaml)."""

@@ -294,4 +294,5 @@ def make_post(
         published=entry.published,
         archived=archived,
         text=text,
+        author=name,
     )

@@ -130,7 +130,8 @@ class Daemon:
                 self.address = (str(address[0]), int(address[1]))
                 self.ready.set()
                 await self._stopping.wait()
-                log.info("stopping: no new polls; waiting for %d in flight", len(self._in_flight))
+                if self._in_flight:
+                    log.info("stopping: waiting for %d polls in flight", len(self._in_flight))
                 self.scheduler.pause()  # shutdown() would cancel the polls in flight
                 for task in tasks[1:]:
                     task.cancel()

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS items (
     archived   TEXT NOT NULL,     -- first archived (the post's date)
     sort_date  TEXT NOT NULL,     -- order in the merged feed
     path       TEXT NOT NULL UNIQUE,
-    pending    INTEGER NOT NULL DEFAULT 0  -- 1 while the post file is being written
+    pending    INTEGER NOT NULL DEFAULT 0, -- 1 while the post file is being written
+    author     TEXT               -- the post's author (schema 2): finds its feed again
 );
 CREATE INDEX IF NOT EXISTS items_by_date ON items (sort_date DESC, key);
 CREATE INDEX IF NOT EXISTS items_pending ON items (pending) WHERE pending = 1;
@@ -100,6 +101,7 @@ class ItemRecord:
     path: str
     published: datetime | None
     archived: datetime
+    author: str | None = None
 
 
 _FEED_COLUMNS = (
@@ -178,6 +180,8 @@ class State:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise ArchiveError(f"{path}: made by a newer version (schema {version})")
+            if version == 1:
+                self._db.execute("ALTER TABLE items ADD COLUMN author TEXT")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as e:
@@ -259,6 +263,17 @@ class State:
             (format_time(since),),
         )
         return {r[0]: r[1] for r in rows if r[0]}
+
+    def adopt(self, feed_url: str, name: str) -> int:
+        """Give the items of no known feed whose posts carry ``name`` as their author to
+        ``feed_url`` (after the index was rebuilt from posts whose source was not named
+        in feeds.yaml); return how many."""
+        with self._transaction() as db:
+            found = db.execute(
+                "UPDATE items SET feed_url = ? WHERE feed_url IS NULL AND author = ?",
+                (feed_url, name),
+            )
+        return int(found.rowcount)
 
     def feed_names(self) -> dict[str, str]:
         """Feed URL → the name its posts carry."""
@@ -372,8 +387,8 @@ class State:
 
 
 _INSERT_ITEM = (
-    "INSERT INTO items (key, feed_url, title, published, archived, sort_date, path, pending)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO items (key, feed_url, title, published, archived, sort_date, path, pending,"
+    " author) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -387,6 +402,7 @@ def _item_row(r: ItemRecord | Post, *, pending: bool) -> tuple[object, ...]:
         format_time(sort_date(r.published, r.archived)),
         r.path,
         int(pending),
+        r.author,
     )
 
 

@@ -46,7 +46,7 @@ def setup(tmp_path: Path, farm: Farm) -> Path:
     config = tmp_path / "feeds.yaml"
     config.write_text(
         f"feeds:\n  - url: {farm.url('/a')}\n    name: Feed A\n    tags: [x]\n"
-        f"  - url: {farm.url('/b')}\n"
+        f"  - url: {farm.url('/b')}\n    tags: [y]\n"
     )
     result = aggregator("poll", "-c", str(config))
     assert result.returncode == 0, result.stderr
@@ -115,6 +115,9 @@ def test_a_lost_or_damaged_index_never_duplicates_a_post(
     assert len(after) == len(set(after)) == 6  # the new item, and nothing twice
     assert set(before) < set(after)
     assert published(archive) != feed_before and "a story 3" in published(archive).decode()
+    # b is named by its own title, which the lost index knew: its tag feed keeps its items.
+    tagged = json.loads((archive / "tags" / "y" / "feed.json").read_text())["items"]
+    assert sorted(i["title"] for i in tagged) == ["b story 0", "b story 1"]
     if fault is damage_header:
         kept = list((archive / ".aggregator").glob("state.sqlite3.damaged-*"))
         assert len(kept) == 1 and kept[0].read_bytes().startswith(b"this is not a database")
@@ -217,3 +220,35 @@ def test_a_read_only_archive_serves_every_reading_command_and_endpoint(
     finally:
         for path in [archive, *archive.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o200)
+
+
+def test_an_index_of_the_previous_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    from aggregator.state import State
+
+    db = tmp_path / "state.sqlite3"
+    old = sqlite3.connect(db)
+    old.executescript(
+        """
+        CREATE TABLE feeds (url TEXT PRIMARY KEY, name TEXT, etag TEXT, last_modified TEXT,
+            last_poll TEXT, last_outcome TEXT, last_error TEXT, http_status INTEGER,
+            error_count INTEGER NOT NULL DEFAULT 0, next_poll TEXT, moved_to TEXT,
+            gone_settings TEXT);
+        CREATE TABLE items (key TEXT PRIMARY KEY, feed_url TEXT, title TEXT NOT NULL,
+            published TEXT, archived TEXT NOT NULL, sort_date TEXT NOT NULL,
+            path TEXT NOT NULL UNIQUE, pending INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO feeds (url, name, etag, last_outcome) VALUES ('https://ex.com/f', 'Ex', '"e"', 'new');
+        INSERT INTO items VALUES ('https://ex.com/1', 'https://ex.com/f', 'One', NULL,
+            '2024-05-01T12:00:00.000Z', '2024-05-01T12:00:00.000Z', '_posts/x.md', 0);
+        PRAGMA user_version = 1;
+        """
+    )
+    old.close()
+    state = State(db)
+    try:
+        assert [r.title for r in state.newest(10)] == ["One"]
+        status = state.status("https://ex.com/f")
+        assert status is not None and status.validators.etag == '"e"' and status.name == "Ex"
+        assert not state.publish_needed()
+        assert state._read("PRAGMA user_version") == [(2,)]
+    finally:
+        state.close()
