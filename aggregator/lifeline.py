@@ -7,9 +7,10 @@ forkserver's "alive" pipe open, so neither ever sees that its parent is gone. So
 - the forkserver imports this module first (it is in its preload list) and from then on
   dies with the main process (imported anywhere else, the module does nothing);
 - every process the forkserver forks dies with the forkserver;
-- both ignore SIGINT and SIGTERM, which a terminal's Ctrl-C or a service manager sends to
-  the whole process group: the main process decides when they stop (it shuts the pool
-  down), so a Ctrl-C prints no traceback per worker.
+- the forkserver and its workers leave the main process's process group, so that a
+  terminal's Ctrl-C (or a signal to the group) reaches the main process only: it decides
+  when they stop, by shutting the pool down, and no worker prints a traceback. They keep
+  SIGTERM's default action, which the pool uses to stop its workers when one of them died.
 
 Linux's ``PR_SET_PDEATHSIG`` delivers the death; elsewhere a thread watches the parent.
 """
@@ -57,13 +58,22 @@ def _watch(parent: int) -> None:
 
 
 def _install() -> None:
-    """In the forkserver: bound to the main process, deaf to the group's signals, and each
-    forked worker bound to the forkserver."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # children inherit both
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """In the forkserver: bound to the main process, in a process group of its own, and
+    each worker it forks bound to it."""
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # and so in the workers (should one come)
     bind_to_parent()
     forkserver = os.getpid()
-    os.register_at_fork(after_in_child=lambda: bind_to_parent(forkserver))
+    forking = [forkserver]  # the pid of the process that forks (workers inherit the hooks)
+
+    def before() -> None:
+        forking[0] = os.getpid()
+
+    def in_child() -> None:
+        if forking[0] == forkserver:  # a worker; not a process a worker forks
+            bind_to_parent(forkserver)
+
+    os.register_at_fork(before=before, after_in_child=in_child)
 
 
 def _imported_by_forkserver() -> bool:

@@ -20,8 +20,8 @@ from tests.farm import Answer, Farm, Request, rss
 from tests.test_scheduler import free_port
 
 
-def group(pgid: int) -> dict[int, str]:
-    """pid → command line of the live processes of process group ``pgid``."""
+def session(sid: int) -> dict[int, tuple[int, str]]:
+    """pid → (parent pid, command line) of the live processes of session ``sid``."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -29,9 +29,9 @@ def group(pgid: int) -> dict[int, str]:
         try:
             stat = (entry / "stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] != "Z" and int(fields[2]) == pgid:
+            if fields[0] != "Z" and int(fields[3]) == sid:
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                found[int(entry.name)] = cmd.strip()
+                found[int(entry.name)] = (int(fields[1]), cmd.strip())
         except (OSError, ValueError, IndexError):
             continue
     return found
@@ -76,7 +76,7 @@ def started(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
     for proc in procs:
-        for pid in group(proc.pid):
+        for pid in session(proc.pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
@@ -89,13 +89,21 @@ def start(command: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "aggregator", command, "-c", str(cfg)],
         stdout=log.with_suffix(".out").open("wb"),
         stderr=log.open("wb"),
-        start_new_session=True,  # its own process group, like a command typed in a shell
+        start_new_session=True,  # a session and a group of its own, like a command in a shell
     )
 
 
+def workers(proc: subprocess.Popen[bytes]) -> list[int]:
+    """The parse workers of ``proc``: the processes its forkserver forked."""
+    return [
+        pid
+        for pid, (parent, cmd) in session(proc.pid).items()
+        if "forkserver" in cmd and parent != proc.pid
+    ]
+
+
 def workers_up(proc: subprocess.Popen[bytes]) -> bool:
-    """The forkserver and at least one worker run beside the main process."""
-    return sum("forkserver" in cmd for cmd in group(proc.pid).values()) >= 2
+    return len(workers(proc)) >= 1
 
 
 @pytest.mark.slow
@@ -107,11 +115,11 @@ def test_no_process_survives_kill_9(
     proc = start(command, cfg, tmp_path / "log")
     started.append(proc)
     wait_for(lambda: workers_up(proc), "the parse workers")
-    before = group(proc.pid)
+    before = session(proc.pid)
     assert len(before) >= 4, before  # main, forkserver, worker(s), resource tracker
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    wait_for(lambda: not group(proc.pid), f"the processes of {command} to end", timeout=10)
+    wait_for(lambda: not session(proc.pid), f"the processes of {command} to end", timeout=10)
 
 
 @pytest.mark.slow
@@ -131,9 +139,9 @@ def test_ctrl_c_and_sigterm_stop_everything_quietly(
     proc = start(command, cfg, log)
     started.append(proc)
     wait_for(lambda: workers_up(proc), "the parse workers")
-    os.killpg(proc.pid, sig)  # to every process of the group, as a terminal does
+    os.killpg(proc.pid, sig)  # to the foreground process group, as a terminal does
     assert proc.wait(timeout=30) == 0
-    wait_for(lambda: not group(proc.pid), "every process of the group to end", timeout=10)
+    wait_for(lambda: not session(proc.pid), "every process it started to end", timeout=10)
     stderr = log.read_text()
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     if command == "poll":
@@ -142,3 +150,22 @@ def test_ctrl_c_and_sigterm_stop_everything_quietly(
         assert not any("error" in line.lower() for line in stderr.splitlines()), stderr
     else:
         assert "stopped" in stderr
+
+
+@pytest.mark.slow
+def test_a_killed_worker_costs_its_feeds_only_and_the_pass_still_ends(
+    tmp_path: Path, farm: Farm, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """The pool stops the other workers (SIGTERM) when one dies: they must not ignore it,
+    or the pool's clean-up, and the exit with it, would wait for ever."""
+    cfg = config(tmp_path, farm, slow_feeds(farm, 40), free_port())
+    log = tmp_path / "log"
+    proc = start("poll", cfg, log)
+    started.append(proc)
+    wait_for(lambda: len(workers(proc)) >= 2, "two parse workers")
+    os.kill(workers(proc)[0], signal.SIGKILL)  # the out-of-memory killer, say
+    assert proc.wait(timeout=60) == 1  # the feeds it held failed; the others did not
+    wait_for(lambda: not session(proc.pid), "every process it started to end", timeout=10)
+    out = log.with_suffix(".out").read_text()
+    assert "the parser process died" in out and "40 feeds:" in out
+    assert "Traceback" not in log.read_text()
