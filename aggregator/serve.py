@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from gzip import compress as gzip_compress
@@ -74,6 +74,10 @@ class Site:
     def reconfigure(self, config: Config) -> None:
         self.config = config
 
+    def reopen(self, state: State) -> None:
+        """Read this index from now on (the daemon rebuilt a damaged one)."""
+        self.state = state
+
     def feed_statuses(self) -> Mapping[str, FeedStatus]:
         return self.statuses() if self.statuses is not None else self.state.statuses()
 
@@ -101,64 +105,82 @@ class _Version:
 
     signature: tuple[int, int, int]  # inode, size, mtime (ns)
     etag: str
-    gzipped: bytes | None
+    modified: datetime
+    gzipped: bytes | None = None
 
 
 class FileCache:
     """The ETag and the gzip-compressed bytes of each published file, computed once per
-    version of the file (once per publish), not on every request."""
+    version of the file (once per publish), not on every request: a conditional request
+    costs a stat, a gzip one a dictionary lookup."""
 
     def __init__(self) -> None:
         self._known: dict[Path, _Version] = {}
 
-    def read(self, path: Path, gzip: bool) -> tuple[bytes, str, datetime, bool]:
-        """(body, etag, modified, compressed): the file as it is now; gzip-compressed when
-        ``gzip`` is asked and the file is big enough to gain from it."""
+    def version(self, path: Path) -> _Version:
+        """The file's version as it is now (read and hashed once per version)."""
+        st = os.stat(path)
+        known = self._known.get(path)
+        if known is not None and known.signature == _signature(st):
+            return known
+        self._read(path)
+        return self._known[path]
+
+    def body(self, path: Path, version: _Version, gzip: bool) -> tuple[bytes, bool] | None:
+        """(bytes, compressed) of that version; gzip-compressed when asked and worth it.
+        None when the file has been replaced since: ask for its version again."""
+        if gzip and version.signature[1] >= GZIP_MIN_BYTES:
+            known = self._known.get(path)
+            if known is not None and known.signature == version.signature and known.gzipped:
+                return known.gzipped, True
+        body, current = self._read(path)
+        if current.signature != version.signature:
+            return None
+        if not gzip or len(body) < GZIP_MIN_BYTES:
+            return body, False
+        compressed = gzip_compress(body, compresslevel=6, mtime=0)
+        self._known[path] = replace(current, gzipped=compressed)
+        return compressed, True
+
+    def _read(self, path: Path) -> tuple[bytes, _Version]:
         with open(path, "rb") as f:  # one open file: its stat and its bytes agree
             st = os.fstat(f.fileno())
             body = f.read()
-        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
         known = self._known.get(path)
-        if known is None or known.signature != signature:
+        if known is None or known.signature != _signature(st):
             etag = 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-            known = self._known[path] = _Version(signature, etag, None)
-        modified = datetime.fromtimestamp(st.st_mtime, UTC)
-        if not gzip or len(body) < GZIP_MIN_BYTES:
-            return body, known.etag, modified, False
-        if known.gzipped is None:
-            compressed = gzip_compress(body, compresslevel=6, mtime=0)
-            known = self._known[path] = _Version(signature, known.etag, compressed)
-        assert known.gzipped is not None
-        return known.gzipped, known.etag, modified, True
+            modified = datetime.fromtimestamp(st.st_mtime, UTC)
+            known = self._known[path] = _Version(_signature(st), etag, modified)
+        return body, known
 
 
-def _conditional(
-    request: Request,
-    body: bytes,
-    media_type: str,
-    modified: datetime,
-    cache: int,
-    *,
-    etag: str | None = None,
-    gzipped: bool = False,
-) -> Response:
-    """``body`` with validators, or 304 when the client already has it."""
-    etag = etag or 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    headers = {
+def _signature(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _validators(etag: str, modified: datetime, cache: int) -> dict[str, str]:
+    return {
         "ETag": etag,
         "Last-Modified": format_datetime(modified.astimezone(UTC), usegmt=True),
         "Cache-Control": f"public, max-age={cache}",
     }
-    if gzipped:
-        headers["Content-Encoding"] = "gzip"  # the GZip middleware leaves it alone
-        headers["Vary"] = "Accept-Encoding"
+
+
+def _fresh(request: Request, etag: str, modified: datetime) -> bool:
+    """The client already has this version."""
     match = request.headers.get("if-none-match")
     if match is not None:
-        fresh = any(tag.strip() in (etag, etag[2:], "*") for tag in match.split(","))
-    else:
-        fresh = _not_modified_since(request.headers.get("if-modified-since"), modified)
-    if fresh:
-        headers.pop("Content-Encoding", None)
+        return any(tag.strip() in (etag, etag[2:], "*") for tag in match.split(","))
+    return _not_modified_since(request.headers.get("if-modified-since"), modified)
+
+
+def _conditional(
+    request: Request, body: bytes, media_type: str, modified: datetime, cache: int
+) -> Response:
+    """``body`` with validators, or 304 when the client already has it."""
+    etag = 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = _validators(etag, modified, cache)
+    if _fresh(request, etag, modified):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=media_type, headers=headers)
 
@@ -185,16 +207,26 @@ def make_app(site: Site) -> Starlette:
             if slug not in {t.slug for t in config_tags(site.config)}:
                 return Response("No such tag in feeds.yaml.\n", 404)
             path = site.config.archive / TAGS_DIR / slug / name
-        try:
-            body, etag, modified, gzipped = site.files.read(path, _accepts_gzip(request))
-        except FileNotFoundError:
-            return Response("Not published yet: the first poll has not finished.\n", 404)
-        except OSError as e:
-            return Response(f"Cannot read {name}: {e.strerror or e}\n", 503)
-        return _conditional(
-            request, body, FEED_TYPES[name], modified, site.cache_seconds, etag=etag,
-            gzipped=gzipped,
-        )  # fmt: skip
+        gzip = _accepts_gzip(request)
+        for _ in range(3):  # the file may be replaced by a publish meanwhile
+            try:
+                version = site.files.version(path)
+                headers = _validators(version.etag, version.modified, site.cache_seconds)
+                headers["Vary"] = "Accept-Encoding"
+                if _fresh(request, version.etag, version.modified):
+                    return Response(status_code=304, headers=headers)
+                got = site.files.body(path, version, gzip)
+            except FileNotFoundError:
+                return Response("Not published yet: the first poll has not finished.\n", 404)
+            except OSError as e:
+                return Response(f"Cannot read {name}: {e.strerror or e}\n", 503)
+            if got is None:
+                continue
+            body, compressed = got
+            if compressed:  # the GZip middleware leaves an encoded body alone
+                headers["Content-Encoding"] = "gzip"
+            return Response(body, media_type=FEED_TYPES[name], headers=headers)
+        return Response(f"{name} is being rewritten; try again\n", 503)
 
     async def opml(request: Request) -> Response:
         body = export_opml(site.config, site.state.feed_names())
@@ -406,11 +438,14 @@ class Connection(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._since = time.monotonic()
-        self._deadline: asyncio.TimerHandle | None = self.loop.call_later(
-            self.request_timeout, self._check
-        )
-        if len(self.connections) > self.limit:
-            self._make_room()
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm(self.request_timeout)
+        # Connections accepted in one go all arrive here before any evicted one is gone:
+        # count only the ones not already closing.
+        connections = [c for c in self.connections if isinstance(c, Connection)]
+        live = [c for c in connections if not c.transport.is_closing()]
+        if len(live) > self.limit:
+            self._make_room(live)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
@@ -422,39 +457,56 @@ class Connection(H11Protocol):
         cycle = self.cycle
         super().handle_events()
         if self.cycle is not cycle:  # a request began
-            self._since = time.monotonic()
+            self._restart_clock()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._restart_clock()
+
+    def _restart_clock(self) -> None:
         self._since = time.monotonic()
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._arm(self.response_timeout if self._busy() else self.request_timeout)
+
+    def _arm(self, seconds: float) -> None:
+        self._deadline = self.loop.call_later(seconds, self._check)
 
     def _busy(self) -> bool:
-        return self.cycle is not None and not self.cycle.response_complete
+        """A request is being answered, or its answer is not all taken by the client yet
+        (the app hands over a whole body at once; the kernel and the transport buffer it)."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            return True
+        return bool(self.transport.get_write_buffer_size())
 
     def _check(self) -> None:
         self._deadline = None
-        if self.transport.is_closing():
-            return
-        limit = self.response_timeout if self._busy() else self.request_timeout
+        busy = self._busy()
+        if self.transport.is_closing() and not busy:
+            return  # nothing left to send: it is gone in a moment
+        limit = self.response_timeout if busy else self.request_timeout
         left = limit - (time.monotonic() - self._since)
         if left > 0:
-            self._deadline = self.loop.call_later(left, self._check)
+            self._arm(left)
             return
         _throttled.log(
             "timeout", logging.INFO, "closed connections that sent or took nothing in time"
         )
         self.transport.abort()
 
-    def _make_room(self) -> None:
-        idle = [c for c in self.connections if isinstance(c, Connection) and not c._busy()]
-        idle = [c for c in idle if c is not self] or [self]
-        oldest = min(idle, key=lambda c: c._since)
+    def _make_room(self, live: list[Connection]) -> None:
+        excess = len(live) - self.limit
+        idle = sorted((c for c in live if c is not self and not c._busy()), key=lambda c: c._since)
+        victims = idle[:excess]
+        if len(victims) < excess:  # every other one is busy: this one waits its turn
+            victims.append(self)
         _throttled.log(
             "evict", logging.WARNING,
             "%d connections open, the most allowed: closing the longest idle ones",
-            len(self.connections) - 1,
+            self.limit,
         )  # fmt: skip
-        oldest.transport.abort()
+        for victim in victims:
+            victim.transport.abort()
 
 
 def quiet_accept_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -495,12 +547,20 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(
-    site: Site, *, connections: int | None = None, request_timeout: float = REQUEST_TIMEOUT
+    site: Site,
+    *,
+    connections: int | None = None,
+    request_timeout: float = REQUEST_TIMEOUT,
+    response_timeout: float = RESPONSE_TIMEOUT,
 ) -> uvicorn.Server:
     protocol = type(
         "Connection",
         (Connection,),
-        {"limit": connections or max_connections(), "request_timeout": request_timeout},
+        {
+            "limit": connections or max_connections(),
+            "request_timeout": request_timeout,
+            "response_timeout": response_timeout,
+        },
     )
     config = uvicorn.Config(
         make_app(site),
@@ -510,6 +570,7 @@ def make_server(
         access_log=True,
         timeout_keep_alive=int(KEEP_ALIVE),
         backlog=ACCEPT_BURST,
+        timeout_graceful_shutdown=int(KEEP_ALIVE),  # then connections still open are cut
         h11_max_incomplete_event_size=16 * 1024,  # a request's headers
     )
     return _Server(config)

@@ -94,13 +94,18 @@ def test_a_flood_of_idle_connections_cannot_lock_out_a_probe(
 
     async def scenario() -> None:
         async with serving(site, connections=20) as (port, server):
-            idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(60)]
+            idle = []
+            for _ in range(4):  # bursts: connections the server accepts all at once
+                idle += await asyncio.gather(
+                    *(asyncio.open_connection("127.0.0.1", port) for _ in range(40))
+                )
+                await asyncio.sleep(0.2)
+                assert len(server.server_state.connections) <= 20  # type: ignore[attr-defined]
             async with httpx.AsyncClient() as http:
                 started = time.monotonic()
                 response = await http.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
                 assert response.status_code == 200
                 assert time.monotonic() - started < 2
-            assert len(server.server_state.connections) <= 20  # type: ignore[attr-defined]
             for _, writer in idle:
                 writer.close()
 
@@ -108,6 +113,31 @@ def test_a_flood_of_idle_connections_cannot_lock_out_a_probe(
         asyncio.run(scenario())
     evictions = [r for r in caplog.records if "the most allowed" in r.getMessage()]
     assert len(evictions) == 1  # once per burst, not once per connection
+
+
+def test_a_client_that_never_takes_its_answer_is_dropped(
+    served: tuple[Site, Archive],  # noqa: F811
+) -> None:
+    site, archive = served
+    archive.root.joinpath("atom.xml").write_bytes(b"<feed>" + b"x" * (16 << 20) + b"</feed>")
+
+    async def scenario() -> None:
+        async with serving(site, response_timeout=1.0) as (port, server):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /atom.xml HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+            await writer.drain()
+            connections = server.server_state.connections  # type: ignore[attr-defined]
+            await asyncio.sleep(0.5)
+            assert len(connections) == 1  # being answered
+            deadline = time.monotonic() + 5
+            while connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert not connections  # dropped, 16 MiB unread
+            writer.close()
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 5  # and nothing holds the server's stop
+
+    asyncio.run(scenario())
 
 
 def test_accept_errors_are_logged_once_per_burst(caplog: pytest.LogCaptureFixture) -> None:
