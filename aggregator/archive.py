@@ -221,26 +221,43 @@ class Archive:
         """What was wrong with the index, if it was moved aside when opened."""
         return self._damaged
 
-    def prepare(self, feeds: Iterable[FeedSource], now: datetime) -> None:
+    def prepare(self, feeds: Iterable[FeedSource], now: datetime, *, check: bool = False) -> None:
         """Make the index fit for a pass: settle interrupted writes, rebuild the index from
-        the posts if it was lost (so that nothing is archived twice), and place items dated
-        ahead of the clock at ``now``."""
-        self.recover()
-        if self._damaged or (not self.state.has_items() and self.has_posts()):
-            what = self._damaged or f"lists no posts but {self.root / POSTS_DIR} has some"
-            count, problems = self.reindex(self.names_of(feeds))
-            log.warning(
-                "the index %s %s; rebuilt it from the posts (%d), as `aggregator reindex` does",
-                self.state.path, what, count,
-            )  # fmt: skip
-            for problem in problems:
-                log.warning("reindex: %s", problem)
+        the posts if it was lost or is damaged (so that nothing is archived twice), and
+        place items dated ahead of the clock at ``now``.
+
+        ``check``: have SQLite look through the whole index first, not only the pages these
+        steps read (about 60 ms per 100,000 items; the daemon does it when it starts).
+        """
+        try:
+            if check:
+                self.state.check()
+            self.recover()
+            lost = not self.state.has_items() and self.has_posts()
+        except IndexDamaged as e:
+            self.replace_damaged_index(e)
+            lost = True
+        if self._damaged or lost:
+            self.rebuild(feeds)
         if moved := self.state.settle_future(now):
             log.warning(
                 "%d items were archived with dates ahead of the clock (was the clock wrong?); "
                 "they are placed at %s in the merged feed",
                 moved, now.isoformat(timespec="seconds"),
             )  # fmt: skip
+
+    def rebuild(self, feeds: Iterable[FeedSource]) -> int:
+        """Rebuild the item index from the posts, saying why in one line; the count."""
+        what = self._damaged or f"lists no posts but {self.root / POSTS_DIR} has some"
+        self._damaged = None
+        count, problems = self.reindex(self.names_of(feeds))
+        log.warning(
+            "the index %s %s; rebuilt it from the posts (%d), as `aggregator reindex` does",
+            self.state.path, what, count,
+        )  # fmt: skip
+        for problem in problems:
+            log.warning("reindex: %s", problem)
+        return count
 
     def has_posts(self) -> bool:
         """Whether ``_posts/`` holds at least one post (stops at the first)."""

@@ -14,10 +14,12 @@ The rules (timing.py has the arithmetic):
   never shorten it; failures back off exponentially, up to 24 h (or the interval, if
   longer);
 - a failure on this side (the archive or the index could not be written) is not the
-  feed's fault: it is retried within minutes, whatever the back-off;
+  feed's fault: it does not count towards the feed's back-off, and is retried after 5
+  minutes, then 10, 20, ... up to the feed's interval;
 - 410 Gone stops the polls until the feed's entry in feeds.yaml changes;
-- a stored time further ahead than any wait allows (the clock was wrong when it was
-  stored) is not believed: the feed is due now.
+- a plan made while the clock was ahead (the last poll is dated after now) is moved back
+  by as much; a planned time further ahead than any wait allows is not believed: the
+  feed is due now.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from urllib.parse import urlsplit
 from aggregator.models import FeedSource, FeedStatus, Outcome, Validators, format_time
 from aggregator.timing import JITTER, MAX_WAIT, START_SPREAD, next_delay, spread
 
-LOCAL_RETRY = 300.0  # seconds: a failure of our own (disk, index) is retried this soon
+LOCAL_RETRY = 300.0  # seconds: a failure of our own (disk, index) is first retried this soon
 OVERDUE_FACTOR = 2  # a feed this many intervals late is overdue
+CLOCK_SLACK = 60.0  # seconds a last poll may be dated after now before the clock is doubted
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +87,14 @@ def after_poll(
     previous = previous or FeedStatus(source.url)
     failed = seen.outcome is Outcome.ERROR
     errors = previous.errors_in_a_row + 1 if failed else 0
+    local = previous.local_errors + int(seen.local) if failed else 0
     if seen.gone:
         next_poll = None
     elif seen.local:
-        next_poll = _later(now, min(float(source.interval), LOCAL_RETRY) * (1 + JITTER * jitter))
+        wait = min(float(source.interval), LOCAL_RETRY * 2.0 ** min(local - 1, 20))
+        next_poll = _later(now, wait * (1 + JITTER * jitter))
     else:
-        delay = next_delay(source.interval, errors=errors, hint=seen.hint, jitter=jitter)
+        delay = next_delay(source.interval, errors=errors - local, hint=seen.hint, jitter=jitter)
         next_poll = _later(now, delay)
     return FeedStatus(
         url=source.url,
@@ -100,6 +105,7 @@ def after_poll(
         error=seen.error if failed else None,
         http_status=seen.http_status,
         errors_in_a_row=errors,
+        local_errors=local,
         next_poll=next_poll,
         moved_to=seen.moved_to or previous.moved_to,
         gone_settings=source.settings if seen.gone else None,
@@ -120,9 +126,9 @@ def first_polls(
 ) -> dict[str, datetime]:
     """When the daemon first polls each feed at start-up.
 
-    A feed keeps its stored next poll when that is still ahead (no refetch storm on a
-    restart), unless it is further ahead than any wait allows; the others are due and are
-    spread over the first ``window`` seconds. Gone feeds are left out.
+    A feed keeps its stored next poll (:func:`planned_poll`) when that is still ahead (no
+    refetch storm on a restart); the others are due and are spread over the first
+    ``window`` seconds. Gone feeds are left out.
     """
     plan: dict[str, datetime] = {}
     due = []
@@ -130,14 +136,33 @@ def first_polls(
         status = statuses.get(source.url)
         if is_gone(status, source):
             continue
-        when = status.next_poll if status else None
-        if when is not None and now < when <= _later(now, longest_wait(source)):
+        when = planned_poll(status, source, now)
+        if when is not None and when > now:
             plan[source.url] = when
         else:
             due.append(source)
     for source, when in zip(due, spread(len(due), now, window), strict=True):
         plan[source.url] = when
     return plan
+
+
+def planned_poll(status: FeedStatus | None, source: FeedSource, now: datetime) -> datetime | None:
+    """The feed's planned next poll as the clock now reads. A plan made while the clock was
+    ahead (its last poll is dated after now) keeps its wait but starts from now; one still
+    further ahead than any wait allows is due now. None: nothing planned."""
+    if status is None or status.next_poll is None:
+        return None
+    when = status.next_poll
+    if clock_went_back(status, now):
+        assert status.last_poll is not None
+        when = _later(now, max(0.0, (status.next_poll - status.last_poll).total_seconds()))
+    return now if stray(when, source, now) else when
+
+
+def clock_went_back(status: FeedStatus | None, now: datetime) -> bool:
+    """The feed's last poll is dated after ``now``: the clock was ahead then, or is behind."""
+    last = status.last_poll if status else None
+    return last is not None and (last - now).total_seconds() > CLOCK_SLACK
 
 
 def after_edit(status: FeedStatus | None, source: FeedSource, now: datetime) -> datetime:
@@ -184,6 +209,12 @@ def assess(status: FeedStatus | None, source: FeedSource, now: datetime) -> Feed
             Health.OVERDUE,
             f"next poll planned for {format_time(status.next_poll)}, further ahead than any "
             "wait allows (was the clock wrong?)",
+        )
+    if clock_went_back(status, now):
+        return FeedHealth(
+            Health.OVERDUE,
+            f"last polled at {format_time(status.last_poll)}, after the current time (was "
+            "the clock wrong?); its next poll is planned from now",
         )
     due = status.next_poll or _later(status.last_poll, source.interval)
     late = (now - due).total_seconds()

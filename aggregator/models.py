@@ -144,7 +144,8 @@ class FeedStatus:
     outcome: Outcome | None = None  # of the last poll; None: never polled
     error: str | None = None  # why the last poll failed
     http_status: int | None = None
-    errors_in_a_row: int = 0
+    errors_in_a_row: int = 0  # failed polls in a row, whoever's fault
+    local_errors: int = 0  # how many of those failed on this side (disk, index)
     next_poll: datetime | None = None  # None: not planned (gone, or never polled)
     moved_to: str | None = None  # the new URL after a permanent redirect
     gone_settings: str | None = None  # its FeedSource.settings when it answered 410 Gone

@@ -14,7 +14,7 @@ import random
 import signal
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +24,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from aggregator.archive import Archive, outputs_missing
-from aggregator.errors import AggregatorError, ArchiveError, FeedError, FetchError, ParseError
+from aggregator.errors import (
+    AggregatorError,
+    ArchiveError,
+    FeedError,
+    FetchError,
+    IndexDamaged,
+    ParseError,
+)
 from aggregator.fetch import FetchSettings, default_user_agent, fetch_feed, make_client
 from aggregator.lifecycle import (
     Observation,
@@ -141,6 +148,8 @@ class Poller:
         self.statuses: dict[str, FeedStatus] = archive.state.statuses()
         self._unsaved: dict[str, FeedStatus] = {}
         self.index_error: str | None = None  # why statuses could not be stored, until they are
+        self.damage: IndexDamaged | None = None  # the index was found damaged: repair it
+        self._replaced = False  # the damaged index was moved aside; the new one not rebuilt
         self.workers = Workers(config.workers)
         # Parses queued at once: enough to keep every worker busy, few enough that big
         # documents do not pile up in memory.
@@ -175,6 +184,8 @@ class Poller:
         name = display_name(source, previous)
         new, fetch_seconds = 0, None
         try:
+            if self.damage is not None:  # until it is rebuilt, it cannot tell what is new
+                raise ArchiveError(f"not polled: the index must be rebuilt first ({self.damage})")
             seen, new, fetch_seconds = await self._observe(source, previous)
         except AggregatorError as e:
             seen = self._failure(source, e)
@@ -212,6 +223,7 @@ class Poller:
             if found := self.archive.state.adopt(url, name):
                 log.info("feed=%s url=%s: %d archived items are its own again", name, url, found)
         except AggregatorError as e:  # rare (a locked index): they stay out of its tag feeds
+            self._noticed(e)
             log.warning("feed=%s url=%s: cannot give it its archived items: %s", name, url, e)
 
     def plan(self, source: FeedSource, when: datetime) -> None:
@@ -228,6 +240,7 @@ class Poller:
         try:
             self.archive.state.save_statuses(list(self._unsaved.values()))
         except AggregatorError as e:
+            self._noticed(e)
             if self.index_error is None:
                 log.error("cannot record feed statuses (kept, and retried): %s", e)
             self.index_error = str(e)
@@ -298,6 +311,7 @@ class Poller:
         try:
             written = self.archive.store(prepared.posts)
         except ArchiveError as e:  # our fault, not the feed's: retried soon
+            self._noticed(e)
             seen = Observation(
                 Outcome.ERROR, error=str(e), http_status=fetched.status, local=True,
                 moved_to=fetched.moved_to,
@@ -313,8 +327,26 @@ class Poller:
         )
         return seen, len(written), fetch_seconds
 
+    def _noticed(self, error: AggregatorError) -> None:
+        if isinstance(error, IndexDamaged) and self.damage is None:
+            self.damage = error
+
+    def repair_index(self, feeds: Iterable[FeedSource]) -> None:
+        """The index was found damaged: move it aside, store every feed's status in a new
+        one (their names tell which posts are whose), and rebuild it from the posts."""
+        if self.damage is None:
+            return
+        if not self._replaced:
+            self.archive.replace_damaged_index(self.damage)
+            self._replaced = True
+            self._unsaved = dict(self.statuses)
+            self.flush()
+        self.archive.rebuild(feeds)
+        self.damage, self._replaced = None, False
+
     def _failure(self, source: FeedSource, error: AggregatorError) -> Observation:
         if not isinstance(error, FeedError):  # the archive or the index: retried soon
+            self._noticed(error)
             return Observation(Outcome.ERROR, error=str(error), local=True)
         status = error.status if isinstance(error, FetchError) else None
         hint = None
@@ -356,6 +388,7 @@ async def poll_all(
         finally:
             poller.close()
             poller.flush()
+        poller.repair_index(config.feeds)
     results = tuple(t.result() for t in tasks if t.done() and not t.cancelled())
     published, error = False, None
     if any(r.new for r in results) or _publish_due(archive):

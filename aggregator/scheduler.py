@@ -16,10 +16,13 @@ import os
 import random
 import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
+from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
@@ -29,15 +32,19 @@ from aggregator.errors import AggregatorError, ConfigError, ConfigUnreadable
 from aggregator.fetch import make_client
 from aggregator.health import CONFIG, INDEX, PUBLISH, Problems
 from aggregator.lifecycle import (
+    CLOCK_SLACK,
+    LOCAL_RETRY,
     Observation,
     after_edit,
+    clock_went_back,
     display_name,
     first_polls,
     is_gone,
+    planned_poll,
     stray,
 )
 from aggregator.metrics import Metrics
-from aggregator.models import Config, Outcome
+from aggregator.models import Config, FeedSource, FeedStatus, Outcome, format_time
 from aggregator.pipeline import Clock, FeedResult, Poller, fetch_settings, utc_now
 from aggregator.publish import publish
 from aggregator.serve import Site, bind, make_server, quiet_accept_errors, raise_open_file_limit
@@ -82,11 +89,13 @@ class Daemon:
         self.publish_retry = publish_retry  # first pause after a failed publish, then doubled
         self.metrics = Metrics()
         self.ready = asyncio.Event()  # set once it serves and its feeds are scheduled
+        self._broken: str | None = None  # why it stopped on its own
         self.problems = Problems()
         self._stopping = asyncio.Event()
         self._reload = asyncio.Event()
         self._publish_wanted = asyncio.Event()
         self._polling: set[str] = set()  # feeds being polled now
+        self._submitted: set[str] = set()  # feeds whose timer fired, poll not started yet
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def run(self) -> int:
@@ -96,7 +105,7 @@ class Daemon:
         raise_open_file_limit()
         asyncio.get_running_loop().set_exception_handler(quiet_accept_errors)
         with lock_archive(self.config.archive), Archive(self.config.archive) as archive:
-            archive.prepare(self.config.feeds, self.clock())
+            archive.prepare(self.config.feeds, self.clock(), check=True)
             self.archive = archive
             sock = bind(self.host, self.port)
             async with make_client(fetch_settings(self.config), self.transport) as client:
@@ -107,6 +116,7 @@ class Daemon:
                 )  # fmt: skip
                 server = make_server(self.site)
                 self.scheduler = AsyncIOScheduler(timezone=UTC)
+                self.scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
                 self.scheduler.start()
                 if outputs_missing(archive.root) or archive.state.publish_needed():
                     self._publish_wanted.set()
@@ -117,10 +127,10 @@ class Daemon:
                     self._schedule(url, when)
                 self._install_signals()
                 tasks = [
-                    asyncio.create_task(server.serve(sockets=[sock])),
-                    asyncio.create_task(self._watch()),
-                    asyncio.create_task(self._watchdog()),
-                    asyncio.create_task(self._publisher()),
+                    self._supervised(server.serve(sockets=[sock]), "the web server"),
+                    self._supervised(self._watch(), "the feeds.yaml watcher"),
+                    self._supervised(self._watchdog(), "the watchdog"),
+                    self._supervised(self._publisher(), "the publisher"),
                 ]
                 address = sock.getsockname()
                 log.info(
@@ -143,9 +153,28 @@ class Daemon:
                 if self._publish_wanted.is_set():
                     self._publish()
                 server.should_exit = True
-                await tasks[0]
+                await asyncio.gather(tasks[0], return_exceptions=True)
+        if self._broken:
+            log.error("stopped: %s", self._broken)
+            return 1
         log.info("stopped")
         return 0
+
+    def _supervised(self, work: Coroutine[Any, Any, object], what: str) -> asyncio.Task[object]:
+        """A task of the daemon's own: if it ends before the daemon stops, the daemon stops
+        (exit status 1, so that a supervisor restarts it) rather than run without it."""
+        task = asyncio.create_task(work)
+
+        def ended(task: asyncio.Task[object]) -> None:
+            if self._stopping.is_set() or task.cancelled():
+                return
+            error = task.exception()
+            log.error("%s stopped unexpectedly", what, exc_info=error)
+            self._broken = f"{what} stopped unexpectedly: {error!r}"
+            self._stopping.set()
+
+        task.add_done_callback(ended)
+        return task
 
     # Signals and stopping ------------------------------------------------------------
 
@@ -183,12 +212,17 @@ class Daemon:
             coalesce=True,
         )
 
+    def _on_submitted(self, event: JobSubmissionEvent) -> None:
+        """A timer fired: its poll is on its way, though its task has not started yet."""
+        self._submitted.add(event.job_id)
+
     def _unschedule(self, url: str) -> None:
         if self.scheduler.get_job(url) is not None:
             self.scheduler.remove_job(url)
 
     async def _poll_job(self, url: str) -> None:
         """One feed's poll. Whatever happens, the feed leaves with its next poll planned."""
+        self._submitted.discard(url)
         source = self._sources.get(url)
         if source is None or self._stopping.is_set() or url in self._polling:
             return
@@ -196,9 +230,14 @@ class Daemon:
         assert task is not None
         self._in_flight.add(task)
         self._polling.add(url)
+        before = self.poller.statuses.get(url)
         result: FeedResult | None = None
         try:
             result = await self.poller.poll_feed(source)
+        except asyncio.CancelledError:
+            if self._stopping.is_set():  # abandoned at stop: planned again at the next start
+                return
+            raise
         except Exception as e:  # poll_feed never raises; if it did, the feed still goes on
             log.exception("feed=%s url=%s internal error", source.name, url)
             error = f"internal error: {type(e).__name__}: {e}"
@@ -206,22 +245,39 @@ class Daemon:
         finally:
             self._polling.discard(url)
             self._in_flight.discard(task)
-            self._plan_next(url)
+            self._plan_next(url, source, before)
+        if self.poller.damage is not None:
+            self._repair_index()
         self._index_health()
         if result is not None:
             self.metrics.observe(result)
             if result.new:
                 self._publish_wanted.set()
 
-    def _plan_next(self, url: str) -> None:
+    def _repair_index(self) -> None:
+        """The index was found damaged during a poll: rebuild it now from the posts."""
+        try:
+            self.poller.repair_index(self.config.feeds)
+        except AggregatorError as e:  # tried again after the next poll
+            log.error("cannot rebuild the damaged index: %s", e)
+        self.site.reopen(self.archive.state)
+        self._publish_wanted.set()
+
+    def _plan_next(self, url: str, polled: FeedSource, before: FeedStatus | None) -> None:
         """Set the timer of the feed's next poll, as its status says."""
-        status = self.poller.statuses.get(url)
-        if url not in self._sources or self._stopping.is_set():
+        source = self._sources.get(url)
+        if source is None or self._stopping.is_set():
             return
-        if status is None or status.next_poll is None:  # gone (or never polled: a bug)
+        status = self.poller.statuses.get(url)
+        if status is before:  # nothing was recorded (a bug): try again, but not at once
+            log.error("feed=%s url=%s: its poll left no status; retried later", polled.name, url)
+            self._schedule(url, self.clock() + timedelta(seconds=LOCAL_RETRY))
+            return
+        if source.settings != polled.settings:  # feeds.yaml changed during the poll
+            self.poller.plan(source, after_edit(status, source, self.clock()))
+            status = self.poller.statuses[url]
+        if status is None or status.next_poll is None:  # gone
             self._unschedule(url)
-            if status is None:
-                self._schedule(url, self.clock())
             return
         self._schedule(url, status.next_poll)
 
@@ -241,12 +297,24 @@ class Daemon:
         feed statuses. Returns the URLs rescheduled."""
         fixed = []
         for url, source in self._sources.items():
-            if url in self._polling or is_gone(self.poller.statuses.get(url), source):
+            status = self.poller.statuses.get(url)
+            if url in self._polling or url in self._submitted or is_gone(status, source):
                 continue
             job = self.scheduler.get_job(url)
-            name = display_name(source, self.poller.statuses.get(url))
+            name = display_name(source, status)
+            when = now
             if job is None or job.next_run_time is None:
                 log.error("feed=%s url=%s had no poll planned; polling it now", name, url)
+            elif clock_went_back(status, now) and job.next_run_time > now:
+                assert status is not None and status.last_poll is not None
+                when = planned_poll(status, source, now) or now
+                if abs((job.next_run_time - when).total_seconds()) < CLOCK_SLACK:
+                    continue  # already moved back
+                log.warning(
+                    "feed=%s url=%s: last polled at %s, after the current time (did the "
+                    "clock go back?); next poll moved to %s",
+                    name, url, format_time(status.last_poll), format_time(when),
+                )  # fmt: skip
             elif stray(job.next_run_time, source, now):
                 log.warning(
                     "feed=%s url=%s: next poll %s is further ahead than any wait allows "
@@ -255,17 +323,19 @@ class Daemon:
                 )  # fmt: skip
             else:
                 continue
-            self._schedule(url, now)
+            self._schedule(url, when)
             fixed.append(url)
         self.poller.flush()
         self._index_health()
         return fixed
 
     def _index_health(self) -> None:
-        if self.poller.index_error is None:
-            self.problems.clear(INDEX)
-        else:
+        if self.poller.damage is not None:
+            self.problems.set(INDEX, f"damaged, and not rebuilt yet: {self.poller.damage}")
+        elif self.poller.index_error is not None:
             self.problems.set(INDEX, f"feed statuses cannot be recorded: {self.poller.index_error}")
+        else:
+            self.problems.clear(INDEX)
 
     # Publishing ----------------------------------------------------------------------
 
@@ -312,14 +382,21 @@ class Daemon:
     async def _watch(self) -> None:
         """Reload feeds.yaml when it changes (checked every second) or on SIGHUP; a file
         that could not be read is read again at the next check."""
-        seen = self._signature()
+        seen, unread = self._signature(), False
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reload.wait(), timeout=self.watch_every)
             forced, current = self._reload.is_set(), self._signature()
             self._reload.clear()
-            retry = CONFIG in self.problems.current()  # unreadable or invalid: look again
-            if (forced or current != seen or retry) and self.reload():
+            if not (forced or unread or current != seen):
+                continue
+            try:
+                unread = not self.reload()
+            except Exception as e:  # a bug in applying it: said once, not every second
+                log.exception("applying %s failed", self.config.path)
+                self.problems.set(CONFIG, f"applying it failed: {type(e).__name__}: {e}")
+                unread = False
+            if not unread:
                 seen = current
 
     def reload(self) -> bool:

@@ -7,6 +7,7 @@ cannot be rebuilt, and losing them costs one full download per feed.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -26,9 +27,11 @@ from aggregator.models import (
     sort_date,
 )
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 2
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS feeds (
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS feeds (
     url            TEXT PRIMARY KEY,
     name           TEXT,
     etag           TEXT,
@@ -40,9 +43,10 @@ CREATE TABLE IF NOT EXISTS feeds (
     error_count    INTEGER NOT NULL DEFAULT 0,  -- failed polls in a row
     next_poll      TEXT,          -- when the daemon polls it next
     moved_to       TEXT,          -- new URL after a permanent redirect
-    gone_settings  TEXT           -- its feeds.yaml settings when it answered 410 Gone
-);
-CREATE TABLE IF NOT EXISTS items (
+    gone_settings  TEXT,          -- its feeds.yaml settings when it answered 410 Gone
+    local_errors   INTEGER NOT NULL DEFAULT 0   -- of error_count, failed on this side
+)""",
+    """CREATE TABLE IF NOT EXISTS items (
     key        TEXT PRIMARY KEY,  -- normalized source URL, GUID or content hash
     feed_url   TEXT,
     title      TEXT NOT NULL,
@@ -51,15 +55,14 @@ CREATE TABLE IF NOT EXISTS items (
     sort_date  TEXT NOT NULL,     -- order in the merged feed
     path       TEXT NOT NULL UNIQUE,
     pending    INTEGER NOT NULL DEFAULT 0, -- 1 while the post file is being written
-    author     TEXT               -- the post's author (schema 2): finds its feed again
-);
-CREATE INDEX IF NOT EXISTS items_by_date ON items (sort_date DESC, key);
-CREATE INDEX IF NOT EXISTS items_pending ON items (pending) WHERE pending = 1;
-CREATE TABLE IF NOT EXISTS meta (   -- schema 2
-    key    TEXT PRIMARY KEY,
-    value  TEXT
-);
-"""
+    author     TEXT               -- the post's author: finds its feed again after a rebuild
+)""",
+    "CREATE INDEX IF NOT EXISTS items_by_date ON items (sort_date DESC, key)",
+    "CREATE INDEX IF NOT EXISTS items_pending ON items (pending) WHERE pending = 1",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+)
+# Columns schema 2 added to the tables of schema 1.
+_ADDED = {"feeds": {"local_errors": "INTEGER NOT NULL DEFAULT 0"}, "items": {"author": "TEXT"}}
 _BATCH = 500  # keys per IN (...) query
 BUSY_TIMEOUT_MS = 10_000  # how long to wait for another process's lock on the index
 _PUBLISH_NEEDED = "publish_needed"  # meta key: posts were archived since the last publish
@@ -106,7 +109,7 @@ class ItemRecord:
 
 _FEED_COLUMNS = (
     "url, name, etag, last_modified, last_poll, last_outcome, last_error, http_status,"
-    " error_count, next_poll, moved_to, gone_settings"
+    " error_count, next_poll, moved_to, gone_settings, local_errors"
 )
 
 
@@ -133,6 +136,7 @@ def _status(row: tuple[Any, ...]) -> FeedStatus:
         next_poll=when(row[9]),
         moved_to=row[10],
         gone_settings=row[11],
+        local_errors=row[12] or 0,
     )
 
 
@@ -150,6 +154,7 @@ def _status_row(s: FeedStatus) -> tuple[object, ...]:
         format_time(s.next_poll) if s.next_poll else None,
         s.moved_to,
         s.gone_settings,
+        s.local_errors,
     )
 
 
@@ -163,9 +168,14 @@ class State:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        self._columns = _FEED_COLUMNS
+        self._old = False  # read-only, of schema 1: no meta table, no local_errors column
         try:
             if readonly:  # for `status`, `serve` and export-opml, next to a running daemon
                 self._db = self._open_readonly(path)
+                self._old = self._db.execute("PRAGMA user_version").fetchone()[0] < 2
+                if self._old:
+                    self._columns = _FEED_COLUMNS.replace("local_errors", "0")
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None)
@@ -180,13 +190,32 @@ class State:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise ArchiveError(f"{path}: made by a newer version (schema {version})")
-            if version == 1:
-                self._db.execute("ALTER TABLE items ADD COLUMN author TEXT")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION:
+                self._create(version)
         except sqlite3.Error as e:
             self._db.close()
             raise explain(path, e) from e
+        except ArchiveError:
+            self._db.close()
+            raise
+
+    def _create(self, version: int) -> None:
+        """Create the tables, or bring those of an older schema up to date: all or nothing."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, columns in _ADDED.items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, kind in columns.items():
+                    if have and name not in have:  # an existing table of an older schema
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     @staticmethod
     def _open_readonly(path: Path) -> sqlite3.Connection:
@@ -194,14 +223,27 @@ class State:
         db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
             db.execute("SELECT count(*) FROM feeds").fetchone()
-        except sqlite3.OperationalError:
-            # A reader of a WAL database needs to create its -shm file next to it; in a
-            # folder it may not write to, and with no writer around, read the file as is.
+        except sqlite3.OperationalError as e:
+            # A reader of a WAL database must create the -shm file next to it unless a
+            # writer did. In a folder this user may not write to, with no -shm file (so no
+            # writer at work), the file can be read as it is.
+            code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+            shm = path.with_name(path.name + "-shm")
+            if code not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY) or shm.exists():
+                db.close()
+                raise
             db.close()
             db = sqlite3.connect(
                 f"{path.as_uri()}?mode=ro&immutable=1", uri=True, isolation_level=None
             )
             db.execute("SELECT count(*) FROM feeds").fetchone()
+            wal = path.with_name(path.name + "-wal")
+            if wal.exists() and wal.stat().st_size:
+                log.warning(
+                    "%s: read as of its last checkpoint; its newest changes (in %s) need "
+                    "write access to the folder to be read",
+                    path, wal.name,
+                )  # fmt: skip
         return db
 
     def close(self) -> None:
@@ -240,16 +282,16 @@ class State:
 
     def statuses(self) -> dict[str, FeedStatus]:
         """Every feed's status, by its feeds.yaml URL."""
-        rows = self._read(f"SELECT {_FEED_COLUMNS} FROM feeds")  # noqa: S608 -- fixed names
+        rows = self._read(f"SELECT {self._columns} FROM feeds")  # noqa: S608 -- fixed names
         return {r[0]: _status(r) for r in rows}
 
     def status(self, url: str) -> FeedStatus | None:
-        found = self._read(f"SELECT {_FEED_COLUMNS} FROM feeds WHERE url = ?", (url,))  # noqa: S608
+        found = self._read(f"SELECT {self._columns} FROM feeds WHERE url = ?", (url,))  # noqa: S608
         return _status(found[0]) if found else None
 
     def save_statuses(self, statuses: Iterable[FeedStatus]) -> None:
         """Store feeds' statuses (each replaces what was stored of its feed)."""
-        marks = ", ".join("?" * 12)
+        marks = ", ".join("?" * 13)
         self._write(
             f"INSERT OR REPLACE INTO feeds ({_FEED_COLUMNS}) VALUES ({marks})",  # noqa: S608
             (_status_row(s) for s in statuses),
@@ -284,6 +326,8 @@ class State:
     def publish_needed(self) -> bool:
         """Posts were archived that the merged feed does not show yet (a publish failed or
         was interrupted)."""
+        if self._old:  # an older version kept no such record
+            return False
         return bool(self._read("SELECT 1 FROM meta WHERE key = ?", (_PUBLISH_NEEDED,)))
 
     def published(self) -> None:

@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ import aggregator.state
 from aggregator.archive import state_path
 from aggregator.config import load_config
 from aggregator.lifecycle import LOCAL_RETRY
-from aggregator.models import Config
-from aggregator.pipeline import Poller, run_pass
+from aggregator.models import Config, FeedSource
+from aggregator.pipeline import FeedResult, Poller, run_pass
 from aggregator.scheduler import Daemon
 from tests.conftest import write_config
 from tests.farm import Answer, Farm, rss
@@ -64,17 +65,16 @@ def make_config(tmp_path: Path, farm: Farm, names: list[str], **top: object) -> 
 
 
 @asynccontextmanager
-async def running(config: Config, clock: Clock) -> AsyncIterator[Daemon]:
+async def running(config: Config, clock: Clock, **options: Any) -> AsyncIterator[Daemon]:
     """The daemon on ``config``, in this event loop; stopped (and checked) at the end."""
+    settings: dict[str, Any] = {
+        "watch_every": 0.05,
+        "watchdog_every": 3600,  # the tests call check() themselves, unless they say
+        "start_spread": 0,
+        "publish_retry": 0.1,
+    }
     daemon = Daemon(
-        config,
-        port=free_port(),
-        clock=clock,
-        rng=random.Random(7),
-        watch_every=0.05,
-        watchdog_every=3600,  # the tests call check() themselves
-        start_spread=0,
-        publish_retry=0.1,
+        config, port=free_port(), clock=clock, rng=random.Random(7), **(settings | options)
     )
     task = asyncio.create_task(daemon._main())
     ready = asyncio.create_task(daemon.ready.wait())
@@ -207,9 +207,7 @@ def test_a_locked_index_delays_a_feed_and_it_catches_up(
             )  # published
             assert await atom_titles(daemon) == {f"a story {i}" for i in range(3)}
             assert (await healthz(daemon))["status"] == "ok"
-        stored = daemon.archive  # closed now; read the index afresh
-        assert stored is not None
-        with aggregator.archive.Archive(config.archive) as archive:
+        with aggregator.archive.Archive(config.archive) as archive:  # stored, too
             status = archive.state.status(url)
             assert status is not None and status.outcome == "new"
 
@@ -342,6 +340,49 @@ def test_an_exception_escaping_a_poll_still_leaves_the_feed_a_next_poll(
     assert "had no poll planned; polling it now" in caplog.text
 
 
+def test_the_watchdog_runs_by_itself(tmp_path: Path, farm: Farm) -> None:
+    farm.routes["/a"] = Answer(200, rss(items("a", 1)))
+    config = make_config(tmp_path, farm, ["a"])
+    url = config.feeds[0].url
+    clock = Clock()
+
+    async def scenario() -> None:
+        async with running(config, clock, watchdog_every=0.1) as daemon:
+            daemon.scheduler.remove_job(url)  # a timer lost, whatever the cause
+            await eventually(lambda: daemon.scheduler.get_job(url), "a timer again", 5)
+            assert planned(daemon, url) == clock.now
+
+    asyncio.run(scenario())
+
+
+def test_a_feed_edited_during_its_poll_is_planned_by_its_new_settings(
+    tmp_path: Path, farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    farm.routes["/a"] = Answer(200, rss(items("a", 1)))
+    config = make_config(tmp_path, farm, ["a"])
+    (source,) = config.feeds
+    clock = Clock()
+    release = asyncio.Event()
+    real = Poller.poll_feed
+
+    async def slow(self: Poller, source: FeedSource) -> FeedResult:
+        await release.wait()
+        return await real(self, source)
+
+    async def scenario() -> None:
+        async with running(config, clock) as daemon:
+            monkeypatch.setattr(Poller, "poll_feed", slow)
+            polling = asyncio.create_task(daemon._poll_job(source.url))
+            await asyncio.sleep(0.1)
+            daemon.reconfigure(replace(config, feeds=(replace(source, interval=7200),)))
+            release.set()
+            await polling
+            # Planned from the poll by the new interval (2 h), not the old one (1 h ± 10 %).
+            assert planned(daemon, source.url) == clock.now + timedelta(hours=2)
+
+    asyncio.run(scenario())
+
+
 def test_an_unreadable_feeds_yaml_is_read_again_when_it_can_be(
     tmp_path: Path, farm: Farm, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -376,13 +417,16 @@ def test_an_unreadable_feeds_yaml_is_read_again_when_it_can_be(
             config.path.write_text(real_read(with_b.path).decode() + "  - url: [broken\n")
             await eventually(lambda: "config" in daemon.problems.current(), "invalid", 5)
             assert "is invalid" in (await healthz(daemon))["problems"]["config"]
+            await asyncio.sleep(0.5)  # ten more looks at the unchanged, invalid file
             config.path.write_bytes(real_read(with_b.path))
             await eventually(lambda: not daemon.problems.current(), "valid again", 5)
 
     with caplog.at_level(logging.INFO):
         asyncio.run(scenario())
     no_tracebacks(caplog)
+    # Said once each, though the file was looked at 20 times a second.
     assert caplog.text.count("Too many open files; still running on its last valid") == 1
+    assert caplog.text.count("is invalid; still running on its last valid version") == 1
 
 
 def test_a_clock_that_jumped_back_stalls_nothing(
@@ -405,14 +449,17 @@ def test_a_clock_that_jumped_back_stalls_nothing(
             assert report["status"] == "degraded"
             assert "further ahead than any wait allows" in report["feeds_overdue"][0]["error"]
             assert sorted(daemon.check(clock())) == sorted([a, b])  # the watchdog
-            assert planned(daemon, a) == START and planned(daemon, b) == START
+            for url in (a, b):  # each keeps its wait, counted from now
+                assert hour_or_so(planned(daemon, url) - START), url
+            assert daemon.check(clock()) == []  # and once is enough
+            clock.advance(3600)
             await daemon._poll_job(a)
-            assert planned(daemon, a) <= START + timedelta(hours=1.1)
+            assert hour_or_so(planned(daemon, a) - clock.now)
 
     async def restarted() -> None:
-        clock.now = START + timedelta(minutes=1)
+        clock.now = START + timedelta(hours=1, minutes=1)
         async with running(config, clock) as daemon:  # b's stored next poll: 400 days away
-            assert planned(daemon, b) == clock.now  # due now
+            assert hour_or_so(planned(daemon, b) - clock.now)  # its wait, from now
             assert planned(daemon, a) > clock.now  # a was polled at the right time: kept
 
     with caplog.at_level(logging.INFO):
@@ -420,6 +467,11 @@ def test_a_clock_that_jumped_back_stalls_nothing(
         asyncio.run(restarted())
     no_tracebacks(caplog)
     assert "did the clock go back?" in caplog.text
+
+
+def hour_or_so(wait: timedelta) -> bool:
+    """An interval of one hour, give or take the 10 % of jitter."""
+    return 0.9 * 3600 <= wait.total_seconds() <= 1.1 * 3600
 
 
 def test_items_archived_under_a_clock_that_ran_ahead_do_not_stay_on_top(

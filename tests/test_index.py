@@ -127,6 +127,22 @@ def test_a_lost_or_damaged_index_never_duplicates_a_post(
     assert sources(archive) == after
 
 
+def test_poll_rebuilds_an_index_damaged_inside(tmp_path: Path, farm: Farm) -> None:
+    """Damage past the file's header is found by the first query that reads it: the pass
+    stops using the index, and it is rebuilt before the pass ends."""
+    config = setup(tmp_path, farm)
+    archive = tmp_path / "archive"
+    damage_pages(state_path(archive))
+    farm.routes["/a"] = Answer(200, rss(items("a", 4)))
+    result = aggregator("poll", "-c", str(config))
+    assert "Traceback" not in result.stderr
+    assert "was damaged" in result.stderr and "rebuilt it from the posts" in result.stderr
+    again = aggregator("poll", "-c", str(config))
+    assert again.returncode == 0, again.stderr
+    after = sources(archive)
+    assert len(after) == len(set(after)) == 6
+
+
 def test_reindex_rebuilds_an_index_damaged_inside(tmp_path: Path, farm: Farm) -> None:
     config = setup(tmp_path, farm)
     archive = tmp_path / "archive"
@@ -172,6 +188,16 @@ def test_a_read_only_archive_serves_every_reading_command_and_endpoint(
 ) -> None:
     config = setup(tmp_path, farm)
     archive = tmp_path / "archive"
+    # The daemon was killed: its last changes are still in the -wal file, beside a -shm.
+    killed = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "db.execute(\"UPDATE feeds SET name = 'Feed B, renamed' WHERE name = 'Feed B'\")\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", killed, str(state_path(archive))], check=True)
+    assert state_path(archive).with_name("state.sqlite3-wal").stat().st_size > 0
     ro = read_only(archive)
 
     def command(*args: str) -> list[str]:
@@ -186,7 +212,7 @@ def test_a_read_only_archive_serves_every_reading_command_and_endpoint(
             command("status", "-c", str(config)), capture_output=True, text=True, check=False
         )
         assert status.returncode == 0, status.stderr
-        assert "Feed A" in status.stdout and "Feed B" in status.stdout
+        assert "Feed A" in status.stdout and "Feed B, renamed" in status.stdout
         opml = subprocess.run(
             command("export-opml", "-c", str(config)), capture_output=True, text=True, check=False
         )
@@ -222,10 +248,7 @@ def test_a_read_only_archive_serves_every_reading_command_and_endpoint(
             path.chmod(path.stat().st_mode | 0o200)
 
 
-def test_an_index_of_the_previous_schema_is_upgraded_in_place(tmp_path: Path) -> None:
-    from aggregator.state import State
-
-    db = tmp_path / "state.sqlite3"
+def schema_1(db: Path) -> None:
     old = sqlite3.connect(db)
     old.executescript(
         """
@@ -243,6 +266,33 @@ def test_an_index_of_the_previous_schema_is_upgraded_in_place(tmp_path: Path) ->
         """
     )
     old.close()
+
+
+def test_an_index_of_the_previous_schema_is_upgraded_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aggregator.state
+    from aggregator.errors import ArchiveError
+    from aggregator.state import State
+
+    db = tmp_path / "state.sqlite3"
+    schema_1(db)
+    reader = State(db, readonly=True)  # `status` before any upgrade
+    try:
+        statuses = reader.statuses()
+        assert statuses["https://ex.com/f"].name == "Ex" and not reader.publish_needed()
+    finally:
+        reader.close()
+    # An upgrade that fails half way changes nothing.
+    broken = (*aggregator.state._SCHEMA, "CREATE TABLE feeds (oops)")
+    monkeypatch.setattr(aggregator.state, "_SCHEMA", broken)
+    with pytest.raises(ArchiveError):
+        State(db)
+    monkeypatch.undo()
+    check = sqlite3.connect(db)
+    assert check.execute("PRAGMA user_version").fetchone() == (1,)
+    assert "author" not in {r[1] for r in check.execute("PRAGMA table_info(items)")}
+    check.close()
     state = State(db)
     try:
         assert [r.title for r in state.newest(10)] == ["One"]

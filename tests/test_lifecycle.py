@@ -16,6 +16,7 @@ from aggregator.lifecycle import (
     display_name,
     first_polls,
     longest_wait,
+    planned_poll,
     stray,
 )
 from aggregator.models import FeedSource, FeedStatus, Outcome, Validators
@@ -63,15 +64,31 @@ def test_failures_back_off_keep_the_validators_and_reset_on_success() -> None:
     assert hours(back) == 1 and back.errors_in_a_row == 0 and back.error is None
 
 
-def test_a_fault_on_this_side_is_retried_within_minutes_whatever_the_back_off() -> None:
+DISK_FULL = Observation(Outcome.ERROR, error="cannot write: disk full", local=True)
+
+
+def test_a_fault_on_this_side_is_retried_soon_and_is_not_held_against_the_feed() -> None:
     status = after_poll(None, OK, FEED, NOW)
     for _ in range(5):
         status = after_poll(status, DOWN, FEED, NOW)
     assert hours(status) == 24
-    disk_full = Observation(Outcome.ERROR, error="cannot write: disk full", local=True)
-    status = after_poll(status, disk_full, FEED, NOW)
+    status = after_poll(status, DISK_FULL, FEED, NOW)
     assert status.next_poll == NOW + timedelta(seconds=LOCAL_RETRY)
     assert status.outcome is Outcome.ERROR and status.error == "cannot write: disk full"
+    assert (status.errors_in_a_row, status.local_errors) == (6, 1)
+    # A lasting fault is retried less and less often, never less often than the interval.
+    waits = []
+    for _ in range(5):
+        status = after_poll(status, DISK_FULL, FEED, NOW)
+        waits.append(hours(status) * 60)
+    assert waits == [10, 20, 40, 60, 60]
+    # And the feed's own back-off only counts the feed's failures.
+    fresh = after_poll(None, OK, FEED, NOW)
+    for _ in range(6):
+        fresh = after_poll(fresh, DISK_FULL, FEED, NOW)
+    after = after_poll(fresh, DOWN, FEED, NOW)
+    assert hours(after) == 2 and after.errors_in_a_row == 7
+    assert after_poll(after, OK, FEED, NOW).local_errors == 0
 
 
 def test_hints_lengthen_never_shorten_and_jitter_stays_within_ten_percent() -> None:
@@ -96,18 +113,28 @@ def test_gone_stops_polls_until_the_entry_changes() -> None:
     assert assess(status, edited, NOW).state is not Health.GONE
 
 
-def test_a_stored_next_poll_the_clock_cannot_explain_is_due_now() -> None:
-    """The clock ran 400 days ahead while the next polls were stored, then came back."""
-    ahead = NOW + timedelta(days=400)
-    status = after_poll(None, OK, FEED, ahead)  # next poll planned 400 days from NOW
+def test_a_plan_made_while_the_clock_was_ahead_keeps_its_wait_from_now() -> None:
+    """The clock ran ahead while the next polls were planned, then came back."""
     other = FeedSource("https://ex.org/feed", interval=int(HOUR))
     fine = after_poll(None, OK, other, NOW - timedelta(minutes=30))  # due in 30 minutes
-    plan = first_polls({FEED.url: status, other.url: fine}, [FEED, other], NOW, window=60)
-    assert plan == {FEED.url: NOW, other.url: fine.next_poll}
+    for ahead in (timedelta(hours=20), timedelta(days=400)):
+        status = after_poll(None, OK, FEED, NOW + ahead)  # planned an hour after that
+        plan = first_polls({FEED.url: status, other.url: fine}, [FEED, other], NOW, window=60)
+        assert plan == {FEED.url: NOW + timedelta(hours=1), other.url: fine.next_poll}, ahead
+        assert planned_poll(status, FEED, NOW) == NOW + timedelta(hours=1)
+        health = assess(status, FEED, NOW)
+        assert health.state is Health.OVERDUE and health.reason is not None
     assert status.next_poll is not None and stray(status.next_poll, FEED, NOW)
-    health = assess(status, FEED, NOW)
-    assert health.state is Health.OVERDUE and health.reason is not None
     assert "further ahead than any wait allows" in health.reason
+    assert (
+        "after the current time"
+        in assess(after_poll(None, OK, FEED, NOW + timedelta(hours=20)), FEED, NOW).reason
+    )  # type: ignore[operator]
+    # A next poll stored far ahead without a last poll to explain it: due now.
+    lone = FeedStatus(FEED.url, next_poll=NOW + timedelta(days=400))
+    assert first_polls({FEED.url: lone}, [FEED], NOW) == {FEED.url: NOW}
+    # A minute of difference between clocks is not a fault.
+    assert assess(after_poll(None, OK, FEED, NOW + timedelta(seconds=30)), FEED, NOW).ok
     # An edited entry is due at once: when it was really polled last is unknown.
     assert after_edit(status, replace(FEED, name="x"), NOW) == NOW
     # A feed polled daily by its own interval may be planned a day ahead, and that is fine.
