@@ -59,6 +59,8 @@ _SCHEMA = (
 )""",
     "CREATE INDEX IF NOT EXISTS items_by_date ON items (sort_date DESC, key)",
     "CREATE INDEX IF NOT EXISTS items_pending ON items (pending) WHERE pending = 1",
+    # Items of no known feed (after a rebuild), by author: see adopt(). Empty otherwise.
+    "CREATE INDEX IF NOT EXISTS items_orphans ON items (author) WHERE feed_url IS NULL",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
 )
 # Columns schema 2 added to the tables of schema 1.
@@ -377,7 +379,8 @@ class State:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_PUBLISH_NEEDED,))
 
     def forget(self, keys: Iterable[str]) -> None:
-        self._write("DELETE FROM items WHERE key = ?", ((k,) for k in keys))
+        if rows := [(k,) for k in keys]:
+            self._write("DELETE FROM items WHERE key = ?", rows)
 
     def pending(self) -> list[tuple[str, str]]:
         """(key, path) of items whose write may have been interrupted."""
