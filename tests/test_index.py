@@ -20,6 +20,7 @@ import pytest
 
 from aggregator.archive import state_path
 from tests.farm import Answer, Farm, rss
+from tests.test_daemon import aggregator
 from tests.test_scheduler import free_port
 
 
@@ -27,17 +28,6 @@ def items(prefix: str, n: int) -> list[dict[str, str]]:
     return [
         {"title": f"{prefix} story {i}", "link": f"https://{prefix}.example/{i}"} for i in range(n)
     ]
-
-
-def aggregator(*args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aggregator", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        user=user,
-    )
 
 
 def setup(tmp_path: Path, farm: Farm) -> Path:
