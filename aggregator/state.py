@@ -192,8 +192,7 @@ class State:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise ArchiveError(f"{path}: made by a newer version (schema {version})")
-            if version < SCHEMA_VERSION:
-                self._create(version)
+            self._create()
         except sqlite3.Error as e:
             self._db.close()
             raise explain(path, e) from e
@@ -201,8 +200,9 @@ class State:
             self._db.close()
             raise
 
-    def _create(self, version: int) -> None:
-        """Create the tables, or bring those of an older schema up to date: all or nothing."""
+    def _create(self) -> None:
+        """Create what is missing of the tables and indexes, bringing those of an older
+        schema up to date: all or nothing."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
