@@ -1,6 +1,6 @@
 """Entry → Post: dedupe keys, file names and the post format. Pure: no disk, no network.
 
-The post format is the contract of ``shared/sample/seed-post.md``::
+The post format is the contract (``tests/data/seed-post.md`` is a reference post)::
 
     ---
     layout: post

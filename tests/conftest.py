@@ -13,7 +13,6 @@ import pytest
 
 from tests.farm import Farm
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA = Path(__file__).resolve().parent / "data"
 
 
