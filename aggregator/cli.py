@@ -238,7 +238,7 @@ def status(args: argparse.Namespace) -> int:
         s = row.status
         outcome = (s.outcome or "-") if s else "not polled yet"
         if row.health.state in (Health.FAILING, Health.OVERDUE, Health.GONE):
-            outcome = f"{row.health.state}: {row.health.reason}"
+            outcome = row.health.describe()
         table.add_row(
             row.name,
             row.url,

@@ -196,6 +196,11 @@ class FeedHealth:
     def ok(self) -> bool:
         return self.state in (Health.OK, Health.NEW)
 
+    def describe(self) -> str:
+        """``error: …``, ``overdue: …``, ``gone: …``, as the status table and home page say."""
+        label = "error" if self.state is Health.FAILING else str(self.state)
+        return f"{label}: {self.reason}" if self.reason else label
+
 
 def assess(status: FeedStatus | None, source: FeedSource, now: datetime) -> FeedHealth:
     """Is this feed being polled as it should, and did its last poll work?"""

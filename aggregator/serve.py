@@ -38,7 +38,6 @@ from aggregator import __version__
 from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE
 from aggregator.errors import AggregatorError
 from aggregator.health import INDEX, PUBLISH, feed_rows, report
-from aggregator.lifecycle import Health
 from aggregator.metrics import CONTENT_TYPE, Metrics
 from aggregator.models import Config, FeedStatus
 from aggregator.site import TAGS_DIR, Tag, config_tags
@@ -300,8 +299,8 @@ def render_home(site: Site, tag: Tag | None = None) -> str:
             continue
         status = row.status
         state = (status.outcome if status else None) or "not polled yet"
-        if row.health.state is not Health.OK and row.health.reason:
-            state = f"{row.health.state}: {row.health.reason}"
+        if not row.health.ok:
+            state = row.health.describe()
         last = status.last_poll.isoformat() if status and status.last_poll else ""
         link = e(row.url) if is_http_url(row.url) else ""
         sources.append(

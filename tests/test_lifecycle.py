@@ -153,6 +153,8 @@ def test_overdue_is_twice_the_interval_past_the_planned_poll() -> None:
     failing = after_poll(status, DOWN, FEED, NOW)
     health = assess(failing, FEED, NOW)
     assert (health.state, health.reason) == (Health.FAILING, DOWN.error)
+    assert health.describe() == "error: HTTP 500 Internal Server Error"
+    assert late.describe().startswith("overdue: not polled since")
     assert assess(None, FEED, NOW).state is Health.NEW and assess(None, FEED, NOW).ok
 
 
