@@ -45,6 +45,11 @@ def state_path(root: Path) -> Path:
     return root / STATE_DIR / "state.sqlite3"
 
 
+def has_posts(root: Path) -> bool:
+    """Whether ``_posts/`` of the archive at ``root`` holds a post (stops at the first)."""
+    return next(_walk(root / POSTS_DIR, POSTS_DIR), None) is not None
+
+
 def outputs_missing(root: Path) -> bool:
     """True if any file of the merged feed is absent (then it is published even unchanged)."""
     return not all((root / name).is_file() for name in (RSS_FILE, ATOM_FILE, JSON_FILE))
@@ -55,14 +60,25 @@ def read_index(root: Path) -> State:
     works next to a running daemon and on an archive this user may not write."""
     path = state_path(root)
     if not path.exists():
-        posts = root / POSTS_DIR
-        if next(_walk(posts, POSTS_DIR), None) is not None:
+        if has_posts(root):
             raise ArchiveError(
-                f"no archive index at {path}, but {posts} has posts: `aggregator reindex` "
-                "rebuilds it from them (`aggregator poll` and `run` do so by themselves)"
+                f"no archive index at {path}, but {root / POSTS_DIR} has posts: "
+                "`aggregator reindex` rebuilds it from them (`aggregator poll` and `run` do "
+                "so by themselves)"
             )
         raise ArchiveError(f"no archive index at {path}: run `aggregator poll` first")
     return State(path, readonly=True)
+
+
+def publish_due(archive: Archive) -> bool:
+    """The merged feed lacks a file, or posts were archived that it does not show yet
+    (also when the index cannot say)."""
+    if outputs_missing(archive.root):
+        return True
+    try:
+        return archive.state.publish_needed()
+    except ArchiveError:
+        return True
 
 
 class ArchiveLocked(ArchiveError):
@@ -233,7 +249,7 @@ class Archive:
             if check:
                 self.state.check()
             self.recover()
-            lost = not self.state.has_items() and self.has_posts()
+            lost = not self.state.has_items() and has_posts(self.root)
         except IndexDamaged as e:
             self.replace_damaged_index(e)
             lost = True
@@ -258,10 +274,6 @@ class Archive:
         for problem in problems:
             log.warning("reindex: %s", problem)
         return count
-
-    def has_posts(self) -> bool:
-        """Whether ``_posts/`` holds at least one post (stops at the first)."""
-        return next(self.post_paths(), None) is not None
 
     def names_of(self, feeds: Iterable[FeedSource]) -> dict[str, str]:
         """Source name → feed URL, for :meth:`reindex`: the names the index learned, then

@@ -169,7 +169,7 @@ def after_edit(status: FeedStatus | None, source: FeedSource, now: datetime) -> 
     """A feed whose feeds.yaml entry changed: due one (new) interval after its last poll."""
     if status is None or status.last_poll is None or status.gone_settings:
         return now
-    if status.last_poll > now:  # polled "in the future": the clock was wrong, so when?
+    if clock_went_back(status, now):  # when it was really polled is unknown
         return now
     return max(now, _later(status.last_poll, source.interval))
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from aggregator.archive import Archive, outputs_missing
+from aggregator.archive import Archive, publish_due
 from aggregator.errors import (
     AggregatorError,
     ArchiveError,
@@ -178,10 +178,9 @@ class Poller:
         """
         started = time.monotonic()
         previous = self.statuses.get(source.url)
-        if previous is not None and is_gone(previous, source):
-            name = display_name(source, previous)
-            return FeedResult(source.url, name, previous, error=gone_reason(previous))
         name = display_name(source, previous)
+        if previous is not None and is_gone(previous, source):
+            return FeedResult(source.url, name, previous, error=gone_reason(previous))
         new, fetch_seconds = 0, None
         try:
             if self.damage is not None:  # until it is rebuilt, it cannot tell what is new
@@ -391,7 +390,7 @@ async def poll_all(
         poller.repair_index(config.feeds)
     results = tuple(t.result() for t in tasks if t.done() and not t.cancelled())
     published, error = False, None
-    if any(r.new for r in results) or _publish_due(archive):
+    if any(r.new for r in results) or publish_due(archive):
         from aggregator.publish import publish  # noqa: PLC0415 -- not needed on a warm pass
 
         try:
@@ -423,16 +422,6 @@ async def _until_done_or_stopped(
     for task in tasks:  # an error poll_feed let through (a bug) is not swallowed
         if not task.cancelled() and (error := task.exception()) is not None:
             raise error
-
-
-def _publish_due(archive: Archive) -> bool:
-    """The merged feed lacks a file, or posts were archived that it does not show yet."""
-    if outputs_missing(archive.root):
-        return True
-    try:
-        return archive.state.publish_needed()
-    except AggregatorError:
-        return True
 
 
 def run_pass(

@@ -26,7 +26,7 @@ from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
-from aggregator.archive import Archive, lock_archive, outputs_missing
+from aggregator.archive import Archive, lock_archive, publish_due
 from aggregator.config import load_config
 from aggregator.errors import AggregatorError, ConfigError, ConfigUnreadable
 from aggregator.fetch import make_client
@@ -118,7 +118,7 @@ class Daemon:
                 self.scheduler = AsyncIOScheduler(timezone=UTC)
                 self.scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
                 self.scheduler.start()
-                if outputs_missing(archive.root) or archive.state.publish_needed():
+                if publish_due(archive):
                     self._publish_wanted.set()
                 plan = first_polls(
                     self.poller.statuses, self.config.feeds, self.clock(), self.start_spread

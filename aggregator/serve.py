@@ -57,47 +57,6 @@ GZIP_MIN_BYTES = 1000
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Site:
-    """What the web app shows. The daemon gives its live feed statuses and problems, and
-    calls :meth:`reconfigure` when feeds.yaml changes; ``serve`` reads the index."""
-
-    config: Config
-    state: State
-    metrics: Metrics | None = None
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    statuses: Callable[[], Mapping[str, FeedStatus]] | None = None  # None: read the index
-    problems: Callable[[], Mapping[str, str]] = dict
-    files: FileCache = field(default_factory=lambda: FileCache())  # noqa: PLW0108
-
-    def reconfigure(self, config: Config) -> None:
-        self.config = config
-
-    def reopen(self, state: State) -> None:
-        """Read this index from now on (the daemon rebuilt a damaged one)."""
-        self.state = state
-
-    def feed_statuses(self) -> Mapping[str, FeedStatus]:
-        return self.statuses() if self.statuses is not None else self.state.statuses()
-
-    def health(self) -> dict[str, Any]:
-        """The /healthz report; an index that cannot be read is itself a reason."""
-        problems = dict(self.problems())
-        try:
-            statuses = self.feed_statuses()
-            if self.statuses is None and self.state.publish_needed():
-                problems.setdefault(PUBLISH, "posts were archived that the merged feed lacks")
-        except AggregatorError as e:
-            statuses, problems[INDEX] = {}, str(e)
-        return report(self.config, statuses, self.clock(), problems)
-
-    @property
-    def cache_seconds(self) -> int:
-        """Readers need not come back sooner than a quarter of our fastest poll interval."""
-        fastest = min((f.interval for f in self.config.feeds), default=self.config.interval)
-        return max(60, min(3600, fastest // 4))
-
-
 @dataclass(frozen=True, slots=True)
 class _Version:
     """What is known of one version of a published file."""
@@ -155,6 +114,47 @@ class FileCache:
 
 def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass
+class Site:
+    """What the web app shows. The daemon gives its live feed statuses and problems, and
+    calls :meth:`reconfigure` when feeds.yaml changes; ``serve`` reads the index."""
+
+    config: Config
+    state: State
+    metrics: Metrics | None = None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    statuses: Callable[[], Mapping[str, FeedStatus]] | None = None  # None: read the index
+    problems: Callable[[], Mapping[str, str]] = dict
+    files: FileCache = field(default_factory=FileCache)
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+
+    def reopen(self, state: State) -> None:
+        """Read this index from now on (the daemon rebuilt a damaged one)."""
+        self.state = state
+
+    def feed_statuses(self) -> Mapping[str, FeedStatus]:
+        return self.statuses() if self.statuses is not None else self.state.statuses()
+
+    def health(self) -> dict[str, Any]:
+        """The /healthz report; an index that cannot be read is itself a reason."""
+        problems = dict(self.problems())
+        try:
+            statuses = self.feed_statuses()
+            if self.statuses is None and self.state.publish_needed():
+                problems.setdefault(PUBLISH, "posts were archived that the merged feed lacks")
+        except AggregatorError as e:
+            statuses, problems[INDEX] = {}, str(e)
+        return report(self.config, statuses, self.clock(), problems)
+
+    @property
+    def cache_seconds(self) -> int:
+        """Readers need not come back sooner than a quarter of our fastest poll interval."""
+        fastest = min((f.interval for f in self.config.feeds), default=self.config.interval)
+        return max(60, min(3600, fastest // 4))
 
 
 def _validators(etag: str, modified: datetime, cache: int) -> dict[str, str]:

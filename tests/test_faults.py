@@ -12,7 +12,7 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -137,6 +137,15 @@ def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
     ]
 
 
+def run_without_tracebacks(
+    scenario: Callable[[], Coroutine[Any, Any, None]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Run ``scenario`` in an event loop of its own; no log record may carry a traceback."""
+    with caplog.at_level(logging.INFO):
+        asyncio.run(scenario())
+    no_tracebacks(caplog)
+
+
 def post_files(config: Config) -> list[Path]:
     return sorted((config.archive / "_posts").rglob("*.md"))
 
@@ -211,9 +220,7 @@ def test_a_locked_index_delays_a_feed_and_it_catches_up(
             status = archive.state.status(url)
             assert status is not None and status.outcome == "new"
 
-    with caplog.at_level(logging.INFO):
-        asyncio.run(scenario())
-    no_tracebacks(caplog)
+    run_without_tracebacks(scenario, caplog)
     assert len(post_files(config)) == 3
 
 
@@ -241,9 +248,7 @@ def test_a_full_disk_while_archiving_leaves_nothing_half_written_and_is_retried(
             assert await atom_titles(daemon) == {"a story 0", "a story 1"}
             assert (await healthz(daemon))["status"] == "ok"
 
-    with caplog.at_level(logging.INFO):
-        asyncio.run(scenario())
-    no_tracebacks(caplog)
+    run_without_tracebacks(scenario, caplog)
     assert len(post_files(config)) == 2
 
 
@@ -275,9 +280,7 @@ def test_a_failed_publish_is_retried_until_the_merged_feed_catches_up(
             assert (await healthz(daemon))["status"] == "ok"
         assert len(farm.requests_to("/a")) == 1
 
-    with caplog.at_level(logging.INFO):
-        asyncio.run(scenario())
-    no_tracebacks(caplog)
+    run_without_tracebacks(scenario, caplog)
 
 
 def test_a_failed_publish_in_a_pass_is_done_by_the_next_pass(
@@ -421,9 +424,7 @@ def test_an_unreadable_feeds_yaml_is_read_again_when_it_can_be(
             config.path.write_bytes(real_read(with_b.path))
             await eventually(lambda: not daemon.problems.current(), "valid again", 5)
 
-    with caplog.at_level(logging.INFO):
-        asyncio.run(scenario())
-    no_tracebacks(caplog)
+    run_without_tracebacks(scenario, caplog)
     # Said once each, though the file was looked at 20 times a second.
     assert caplog.text.count("Too many open files; still running on its last valid") == 1
     assert caplog.text.count("is invalid; still running on its last valid version") == 1
@@ -462,10 +463,8 @@ def test_a_clock_that_jumped_back_stalls_nothing(
             assert hour_or_so(planned(daemon, b) - clock.now)  # its wait, from now
             assert planned(daemon, a) > clock.now  # a was polled at the right time: kept
 
-    with caplog.at_level(logging.INFO):
-        asyncio.run(ahead())
-        asyncio.run(restarted())
-    no_tracebacks(caplog)
+    run_without_tracebacks(ahead, caplog)
+    run_without_tracebacks(restarted, caplog)
     assert "did the clock go back?" in caplog.text
 
 

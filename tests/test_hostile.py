@@ -1,4 +1,4 @@
-"""[3/5] Hostile feeds and faults: nothing crashes, nothing hangs, nothing leaks, nothing is lost."""
+"""Hostile feeds and faults: nothing crashes, nothing hangs, nothing leaks, nothing is lost."""
 
 from __future__ import annotations
 
