@@ -23,21 +23,20 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from aggregator.errors import ArchiveError, IndexDamaged
 from aggregator.models import FeedSource, Post
-from aggregator.state import ItemRecord, State
-from aggregator.timing import http_date
+from aggregator.posts import post_path, read_post, truncate_ms
+from aggregator.state import ItemRecord, Known, State
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".aggregator"
 POSTS_DIR = "_posts"
 RSS_FILE, ATOM_FILE, JSON_FILE = "feed.xml", "atom.xml", "feed.json"  # the merged feed
+CHURN_LIMIT = 3  # rewrites per item for edits the source does not date
 
 
 def state_path(root: Path) -> Path:
@@ -175,21 +174,6 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-@dataclass(frozen=True, slots=True)
-class StoredPost:
-    """A post file read back: its front matter and its HTML content."""
-
-    path: str
-    title: str
-    link: str
-    source: str  # the front matter's ``from``
-    author: str
-    tags: tuple[str, ...]
-    archived: datetime
-    published: datetime | None
-    content: str  # the HTML inside the post's <div>, without the date line
-
-
 class Archive:
     """An archive folder and its index, open for writing. Call :meth:`prepare` (or at least
     :meth:`recover`) before writing.
@@ -321,6 +305,61 @@ class Archive:
             raise ArchiveError(f"archive write failed: {e}") from e
         return self._end(batch)
 
+    def revise(
+        self, posts: Iterable[Post], now: datetime, *, limit: int = CHURN_LIMIT
+    ) -> list[Post]:
+        """Rewrite in place the posts of items the source has edited since they were
+        archived (same file, same ``date``; an ``updated`` key); return those rewritten.
+
+        An edit the source dates (a newer ``updated``) is always taken; at most ``limit``
+        undated ones per item, so that a feed changing a counter in every item does not
+        rewrite its posts for ever. Each file is replaced whole (temp, fsync, rename), so
+        a kill leaves the old version or the new one.
+        """
+        candidates = [p for p in posts if p.digest]
+        known = self.state.known(p.key for p in candidates)
+        unrecorded: list[tuple[str, str, datetime | None]] = []
+        revised: list[tuple[Post, int]] = []
+        capped: list[str] = []
+        for post in candidates:
+            was = known.get(post.key)
+            if was is None or was.pending or was.digest == post.digest:
+                continue
+            if was.digest is None:  # known before digests were kept: this is its version
+                unrecorded.append((post.key, post.digest, post.source_updated))
+                continue
+            dated = _later(post.source_updated, was.source_updated)
+            if not dated and was.revisions >= limit:
+                if was.revisions == limit:
+                    capped.append(post.key)
+                    log.warning(
+                        "feed=%s item %s changed %d times without a new date; keeping the "
+                        "version archived last", post.author, post.source, limit,
+                    )  # fmt: skip
+                continue
+            revised.append((self._rewritten(post, was, now), 0 if dated else was.revisions + 1))
+        self.state.note_digests(unrecorded)
+        self.state.stop_revising(capped, limit)
+        if not revised:
+            return []
+        try:
+            for post, _ in revised:
+                self._write_temp(post)
+            self._commit_files([post for post, _ in revised])
+        except OSError as e:
+            for post, _ in revised:
+                with contextlib.suppress(OSError):
+                    _temp_path(self.root / post.path).unlink()
+            raise ArchiveError(f"archive write failed: {e}") from e
+        self.state.revised(revised)
+        return [post for post, _ in revised]
+
+    @staticmethod
+    def _rewritten(post: Post, was: Known, now: datetime) -> Post:
+        return dataclasses.replace(
+            post, key=was.key, path=was.path, archived=was.archived, updated=truncate_ms(now)
+        )
+
     def _begin(self, posts: Iterable[Post]) -> list[Post]:
         """Step 1 of the write order: the new posts, recorded as pending; their folders."""
         batch = self._unique_new(posts)
@@ -366,10 +405,10 @@ class Archive:
     def _unique_new(self, posts: Iterable[Post]) -> list[Post]:
         """Posts whose key is not archived yet, first of each key; paths made unique."""
         candidates = list(posts)
-        seen = self.state.known_keys(p.key for p in candidates)
+        seen = self.state.known_keys(k for p in candidates for k in (p.key, *p.aliases))
         fresh = []
         for post in candidates:
-            if post.key not in seen:
+            if post.key not in seen and seen.isdisjoint(post.aliases):
                 seen.add(post.key)
                 fresh.append(post)
         taken = self.state.paths_taken(p.path for p in fresh)
@@ -379,8 +418,6 @@ class Archive:
     def _free_path(self, post: Post, taken: set[str]) -> Post:
         """``post``, renamed with a longer hash if its file name is already used."""
         if post.path in taken or os.path.exists(self.root / post.path):
-            from aggregator.process import post_path  # noqa: PLC0415 -- rarely needed
-
             longer = post_path(post.archived, post.title, post.key, hash_chars=16)
             if (
                 longer in taken
@@ -394,30 +431,13 @@ class Archive:
 
     # Reading -------------------------------------------------------------------------
 
-    def read_post(self, path: str) -> StoredPost:
+    def read_post(self, path: str) -> Post:
         """Read one post file back (used by publish and reindex)."""
         full = self.root / path
         try:
-            text = full.read_text(encoding="utf-8")
-            meta, body = _split_front_matter(text)
+            return read_post(full.read_text(encoding="utf-8"), path)
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise ArchiveError(f"{full}: unreadable post: {e}") from e
-        archived = meta.get("date")
-        if not isinstance(archived, datetime):
-            raise ArchiveError(f"{full}: front matter has no valid `date`")
-        published, content = _split_body(body)
-        tags = meta.get("tags") or []
-        return StoredPost(
-            path=path,
-            title=str(meta.get("title") or ""),
-            link=_link_line(body) or str(meta.get("from") or ""),
-            source=str(meta.get("from") or ""),
-            author=str(meta.get("author") or ""),
-            tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
-            archived=archived if archived.tzinfo else archived.replace(tzinfo=UTC),
-            published=published,
-            content=content,
-        )
 
     def post_paths(self) -> Iterator[str]:
         """Every post file under ``_posts/``, relative to the archive, in order."""
@@ -429,8 +449,6 @@ class Archive:
         Returns the number of items indexed and the problems met (unreadable posts,
         duplicates of a key already seen, which are left on disk but not indexed).
         """
-        from aggregator.process import key_for  # noqa: PLC0415
-
         records: dict[str, ItemRecord] = {}
         problems: list[str] = []
         for path in self.post_paths():
@@ -439,7 +457,7 @@ class Archive:
             except ArchiveError as e:
                 problems.append(str(e))
                 continue
-            key = key_for(post.source) if post.source else f"post:{path}"
+            key = post.key
             if key in records:
                 problems.append(f"{path}: duplicate of {records[key].path}")
                 continue
@@ -451,9 +469,14 @@ class Archive:
                 published=post.published,
                 archived=post.archived.astimezone(UTC),
                 author=post.author,
+                link=post.link,
             )
         self.state.replace_items(records.values())
         return len(records), problems
+
+
+def _later(new: datetime | None, old: datetime | None) -> bool:
+    return new is not None and (old is None or new > old)
 
 
 def _walk(folder: Path, relative: str) -> Iterator[str]:
@@ -471,38 +494,3 @@ def _walk(folder: Path, relative: str) -> Iterator[str]:
             yield from _walk(Path(entry.path), f"{relative}/{entry.name}")
         elif entry.name.endswith(".md"):
             yield f"{relative}/{entry.name}"
-
-
-def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
-    import frontmatter  # noqa: PLC0415 -- only publish and reindex read posts
-
-    post = frontmatter.loads(text)
-    if not post.metadata:
-        raise ValueError("no front matter")
-    return dict(post.metadata), str(post.content)
-
-
-_DATE_OPEN, _DATE_CLOSE = "<div><i>", "</i></div>"
-
-
-def _split_body(body: str) -> tuple[datetime | None, str]:
-    """The published date and the content inside the post's ``<div>`` block."""
-    start = body.find("\n------\n")
-    inner = body[start + len("\n------\n") :] if start >= 0 else body
-    inner = inner.strip()
-    if inner.startswith("<div>\n") and inner.endswith("\n</div>"):
-        inner = inner[len("<div>\n") : -len("\n</div>")]
-    published = None
-    if inner.startswith(_DATE_OPEN) and (end := inner.find(_DATE_CLOSE)) > 0:
-        published = http_date(inner[len(_DATE_OPEN) : end])
-        if published is not None:
-            inner = inner[end + len(_DATE_CLOSE) :]
-    return published, inner
-
-
-def _link_line(body: str) -> str | None:
-    """The URL of the post's ``[title](url)`` line."""
-    for line in body.splitlines()[:3]:
-        if line.startswith("[") and line.endswith(")") and "](" in line:
-            return line[line.rindex("](") + 2 : -1]
-    return None

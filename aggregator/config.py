@@ -28,6 +28,7 @@ from aggregator.models import (
     Config,
     FeedSource,
     ItemRules,
+    Podcast,
 )
 from aggregator.timing import DEFAULT_INTERVAL, MIN_INTERVAL, format_duration, parse_duration
 from aggregator.urls import is_http_url, normalize_url
@@ -159,6 +160,29 @@ def _feed_image_proxy(value: object) -> str | None:
     return _image_proxy(value)
 
 
+def _cover_image(value: object) -> str:
+    url = _http_url(value)
+    if not url.split("?", 1)[0].endswith((".jpg", ".png")):
+        raise _Bad(
+            f"must be the URL of a .jpg or .png picture (what podcast apps show), not {url!r}"
+        )
+    return url
+
+
+def _itunes_text(value: object) -> str:
+    text = _text(value)
+    if '"' in text or "\\" in text:
+        raise _Bad("must not contain quotes or backslashes")
+    return text
+
+
+def _email(value: object) -> str:
+    address = _text(value)
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+", address):
+        raise _Bad(f"must be an e-mail address, not {address!r}")
+    return address
+
+
 def default_workers() -> int:
     """One parse worker per CPU this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -223,8 +247,31 @@ _FEED = _mapping(
         "strip": (_list_of(_simple(_css_selector)), ()),
         "image_proxy": (_simple(_feed_image_proxy), KEEP_GLOBAL),
         "full_content": (_simple(_boolean), True),
+        "updates": (_simple(_boolean), True),
     }
 )
+_PODCAST = _mapping(
+    {
+        "author": (_simple(_text), None),
+        "email": (_simple(_email), None),
+        "image": (_simple(_cover_image), None),
+        "category": (_simple(_itunes_text), None),
+        "subcategory": (_simple(_itunes_text), None),
+        "explicit": (_simple(_boolean), None),
+        "language": (_simple(_text), None),
+    }
+)
+_TAG = _mapping({"podcast": (_PODCAST, dict)})
+
+
+def _tag_settings(data: object, loc: Loc, report: Report) -> dict[str, Any]:
+    """``tags:``: tag name → its settings."""
+    if not isinstance(data, dict):
+        report(loc, f"must be a mapping of tag names to settings, got {_got(data)}")
+        return {}
+    return {str(tag): _TAG(value, (*loc, str(tag)), report) for tag, value in data.items()}
+
+
 _TOP = _mapping(
     {
         "title": (_simple(_text), "Aggregator"),
@@ -249,6 +296,8 @@ _TOP = _mapping(
         ),
         "max_in_flight": (_simple(_integer(1, 256)), DEFAULT_MAX_IN_FLIGHT),
         "max_in_flight_per_host": (_simple(_integer(1, 64)), DEFAULT_MAX_PER_HOST),
+        "podcast": (_PODCAST, dict),
+        "tags": (_tag_settings, dict),
         "feeds": (_list_of(_FEED), _REQUIRED),
     }
 )
@@ -278,6 +327,8 @@ def load_config(path: Path) -> Config:
         problems.append(ConfigProblem(name, line, format_loc(loc), message))
 
     top = _TOP(data, (), report)
+    if top:
+        _check_podcasts(top, report)
     if not problems:
         _check_duplicates(top["feeds"], report, lines)
     if problems:
@@ -316,10 +367,29 @@ def load_config(path: Path) -> Config:
                     image_proxy=feed["image_proxy"],
                     full_content=feed["full_content"],
                 ),
+                updates=feed["updates"],
             )
             for i, feed in enumerate(top["feeds"])
         ),
+        podcast=_podcast(top["podcast"]),
+        tag_podcasts=tuple(
+            (tag, _podcast(settings.get("podcast") or {}))
+            for tag, settings in top["tags"].items()
+            if settings.get("podcast")
+        ),
     )
+
+
+def _podcast(fields: dict[str, Any]) -> Podcast:
+    return Podcast(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _check_podcasts(top: dict[str, Any], report: Report) -> None:
+    places: list[tuple[Loc, dict[str, Any]]] = [(("podcast",), top["podcast"])]
+    places += [(("tags", t, "podcast"), s.get("podcast") or {}) for t, s in top["tags"].items()]
+    for loc, fields in places:
+        if fields.get("subcategory") and not fields.get("category"):
+            report((*loc, "subcategory"), "needs a category")
 
 
 def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:

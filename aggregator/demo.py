@@ -66,7 +66,7 @@ def serve_folder(folder: Path) -> Iterator[str]:
 
 def write_demo_config(folder: Path, feeds_url: str, site: str) -> Path:
     """A feeds.yaml in ``folder`` for the example feeds served at ``feeds_url``."""
-    from aggregator.process import yaml_scalar  # noqa: PLC0415
+    from aggregator.posts import yaml_scalar  # noqa: PLC0415
 
     lines = [
         "# feeds.yaml written by `aggregator demo`: the bundled example feeds.",

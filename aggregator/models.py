@@ -6,7 +6,7 @@ Nothing here does I/O. Datetimes are timezone-aware UTC.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -82,11 +82,35 @@ class FeedSource:
     interval: int = DEFAULT_INTERVAL  # seconds between polls
     line: int | None = None  # where feeds.yaml declares it, for messages
     rules: ItemRules = ItemRules()
+    updates: bool = True  # rewrite a post when the source edits its item
 
     @property
     def settings(self) -> str:
         """What the user wrote for this feed; a change means "poll it again" (after 410)."""
-        return repr((self.url, self.name, self.tags, self.interval, self.rules))
+        said = (self.url, self.name, self.tags, self.interval, self.rules)
+        return repr(said if self.updates else (*said, "updates: false"))
+
+
+@dataclass(frozen=True, slots=True)
+class Podcast:
+    """The iTunes fields a published feed says of itself (feeds.yaml ``podcast:``, global
+    or per tag): what podcast directories and clients ask of a podcast feed."""
+
+    author: str | None = None
+    email: str | None = None  # the owner's, with ``author`` as the owner's name
+    image: str | None = None  # http(s) URL of a JPEG or PNG picture
+    category: str | None = None  # Apple's category, e.g. "Technology"
+    subcategory: str | None = None  # e.g. "Podcasting"
+    explicit: bool | None = None
+    language: str | None = None  # e.g. "en"
+
+    def over(self, base: Podcast) -> Podcast:
+        """These fields, and those of ``base`` where these are not set."""
+        changes = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +134,13 @@ class Config:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # requests at once, in total
     max_in_flight_per_host: int = DEFAULT_MAX_PER_HOST
     feeds: tuple[FeedSource, ...] = ()
+    podcast: Podcast = Podcast()  # of every published feed
+    tag_podcasts: tuple[tuple[str, Podcast], ...] = ()  # per tag, over ``podcast``
+
+    def podcast_of(self, tag: str | None) -> Podcast:
+        """The podcast fields of the merged feed (None) or of a tag's feed."""
+        own = dict(self.tag_podcasts).get(tag) if tag is not None else None
+        return own.over(self.podcast) if own else self.podcast
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +206,35 @@ class NotModified:
 
 
 @dataclass(frozen=True, slots=True)
+class Media:
+    """A file an item carries: an enclosure (RSS ``<enclosure>``, Atom
+    ``link rel="enclosure"``, JSON Feed attachment) or a ``media:content``."""
+
+    url: str  # absolute http(s)
+    type: str | None = None  # MIME type, as the feed says
+    length: int | None = None  # bytes
+    medium: str | None = None  # image, audio, video, document (Media RSS)
+    duration: int | None = None  # seconds
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """The item-level iTunes fields of a podcast episode (all optional)."""
+
+    duration: int | None = None  # seconds
+    number: int | None = None  # itunes:episode
+    season: int | None = None
+    kind: str | None = None  # itunes:episodeType: full, trailer, bonus
+    explicit: bool | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.duration, self.number, self.season, self.kind,
+                                           self.explicit))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One item of a feed, as the parser understood it."""
 
@@ -185,6 +245,13 @@ class Entry:
     base: str  # URL that relative references in ``content`` resolve against
     published: datetime | None
     summary: str = ""  # HTML: the feed's own summary, when it gives one besides ``content``
+    updated: datetime | None = None  # the source's own date of its last change
+    authors: tuple[str, ...] = ()  # the item's own people (author, dc:creator, Atom author)
+    categories: tuple[str, ...] = ()  # the item's own categories
+    enclosures: tuple[Media, ...] = ()
+    media: tuple[Media, ...] = ()  # media:content (pictures, videos) besides enclosures
+    image: str | None = None  # the item's picture: media:thumbnail, itunes:image, JSON image
+    episode: Episode = Episode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,18 +269,38 @@ class ParsedFeed:
 
 @dataclass(frozen=True, slots=True)
 class Post:
-    """A rendered post, ready to be written to ``archive/<path>``."""
+    """A post ready to be written to ``archive/<path>``: what its file says, and where."""
 
-    key: str  # dedupe key (normalized source URL, GUID or content hash)
+    key: str  # dedupe key (normalized source URL, GUID, or a hash of title and date)
     path: str  # relative to the archive root, POSIX separators
     feed_url: str
     title: str
     link: str
+    source: str  # the front matter's ``from``: what identifies the item at its source
     published: datetime | None
     archived: datetime
-    text: str  # the whole file
+    content: str  # sanitized HTML
     author: str = ""  # the source's name, as the post says
+    tags: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    updated: datetime | None = None  # when the post was last rewritten for a source edit
+    item_authors: tuple[str, ...] = ()  # the item's own people
+    item_categories: tuple[str, ...] = ()  # the item's own categories
+    enclosures: tuple[Media, ...] = ()
+    media: tuple[Media, ...] = ()
+    image: str | None = None
+    episode: Episode = Episode()
+    digest: str = ""  # of what the source said; a change is an edit
+    source_updated: datetime | None = None  # the source's own date of its last change
+    aliases: tuple[str, ...] = ()  # earlier keys of the same item (a key scheme changed)
 
     @property
     def sort_date(self) -> datetime:
         return sort_date(self.published, self.archived)
+
+    @property
+    def text(self) -> str:
+        """The whole file."""
+        from aggregator.posts import render_post  # noqa: PLC0415 -- the format's one home
+
+        return render_post(self)

@@ -75,6 +75,7 @@ class FeedResult:
     error: str | None = None  # why it failed (or was not polled), one line
     fetch_seconds: float | None = None
     hint: float | None = None  # seconds the server asked us to wait
+    updated: int = 0  # posts rewritten for edits at the source
 
     @property
     def outcome(self) -> Outcome:
@@ -181,11 +182,11 @@ class Poller:
         name = display_name(source, previous)
         if previous is not None and is_gone(previous, source):
             return FeedResult(source.url, name, previous, error=gone_reason(previous))
-        new, fetch_seconds = 0, None
+        (new, updated), fetch_seconds = (0, 0), None
         try:
             if self.damage is not None:  # until it is rebuilt, it cannot tell what is new
                 raise ArchiveError(f"not polled: the index must be rebuilt first ({self.damage})")
-            seen, new, fetch_seconds = await self._observe(source, previous)
+            seen, (new, updated), fetch_seconds = await self._observe(source, previous)
         except AggregatorError as e:
             seen = self._failure(source, e)
         except Exception as e:  # a bug: keep the other feeds going, but say so loudly
@@ -195,13 +196,15 @@ class Poller:
         name = display_name(source, status)
         log.log(
             logging.WARNING if seen.outcome is Outcome.ERROR else logging.INFO,
-            "poll feed=%s url=%s status=%s outcome=%s new=%d elapsed=%.2fs%s",
+            "poll feed=%s url=%s status=%s outcome=%s new=%d%s elapsed=%.2fs%s",
             name, source.url, seen.http_status, seen.outcome, new,
+            f" updated={updated}" if updated else "",
             time.monotonic() - started, f" reason={seen.error}" if seen.error else "",
         )  # fmt: skip
         return FeedResult(
-            source.url, name, status, new, seen.error, fetch_seconds=fetch_seconds, hint=seen.hint
-        )
+            source.url, name, status, new, seen.error, fetch_seconds=fetch_seconds,
+            hint=seen.hint, updated=updated,
+        )  # fmt: skip
 
     def record(self, source: FeedSource, seen: Observation) -> FeedStatus:
         """Decide the feed's status after a poll that saw ``seen``, keep it, and store it
@@ -252,7 +255,7 @@ class Poller:
 
     async def _observe(
         self, source: FeedSource, previous: FeedStatus | None
-    ) -> tuple[Observation, int, float | None]:
+    ) -> tuple[Observation, tuple[int, int], float | None]:
         """Poll the feed; return what was seen, the posts archived and the fetch time."""
         validators = previous.validators if previous else Validators()
         target = (previous.moved_to if previous else None) or source.url
@@ -265,7 +268,7 @@ class Poller:
             seen = Observation(
                 Outcome.UNCHANGED, http_status=304, hint=hint, validators=fetched.validators
             )
-            return seen, 0, fetch_seconds
+            return seen, (0, 0), fetch_seconds
         job = Job(
             content=fetched.content,
             url=fetched.final_url,
@@ -287,7 +290,7 @@ class Poller:
                 prepared = await self.workers.prepare(job)
         except ParseError as e:
             seen = Observation(Outcome.ERROR, error=e.reason, http_status=fetched.status)
-            return seen, 0, fetch_seconds
+            return seen, (0, 0), fetch_seconds
         name = prepared.name
         if prepared.warning:
             log.warning("feed=%s url=%s %s", name, source.url, prepared.warning)
@@ -309,13 +312,14 @@ class Poller:
             )  # fmt: skip
         try:
             written = self.archive.store(prepared.posts)
+            revised = self.archive.revise(prepared.posts, self.clock()) if source.updates else []
         except ArchiveError as e:  # our fault, not the feed's: retried soon
             self._noticed(e)
             seen = Observation(
                 Outcome.ERROR, error=str(e), http_status=fetched.status, local=True,
                 moved_to=fetched.moved_to,
             )  # fmt: skip
-            return seen, 0, fetch_seconds
+            return seen, (0, 0), fetch_seconds
         seen = Observation(
             Outcome.NEW if written else Outcome.UNCHANGED,
             http_status=fetched.status,
@@ -324,7 +328,7 @@ class Poller:
             validators=fetched.validators,
             moved_to=fetched.moved_to,
         )
-        return seen, len(written), fetch_seconds
+        return seen, (len(written), len(revised)), fetch_seconds
 
     def _noticed(self, error: AggregatorError) -> None:
         if isinstance(error, IndexDamaged) and self.damage is None:

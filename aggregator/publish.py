@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,16 +18,9 @@ from typing import Any
 from feedgen.feed import FeedGenerator
 
 from aggregator import __version__
-from aggregator.archive import (
-    ATOM_FILE,
-    JSON_FILE,
-    RSS_FILE,
-    Archive,
-    StoredPost,
-    write_file_atomic,
-)
+from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE, Archive, write_file_atomic
 from aggregator.errors import ArchiveError
-from aggregator.models import Config, sort_date
+from aggregator.models import Config, Episode, Media, Podcast, Post, sort_date
 from aggregator.sanitize import html_to_text, xml_safe
 from aggregator.site import TAGS_DIR, config_tags, install_site, write_site_data
 from aggregator.state import ItemRecord
@@ -48,12 +41,18 @@ class _Item:
     guid_is_link: bool
     title: str
     link: str
-    author: str
-    tags: tuple[str, ...]
+    authors: tuple[str, ...]  # the item's own people, else its source's name
+    categories: tuple[str, ...]  # the item's own, then the tags of its feed
     date: datetime
+    updated: datetime  # advances when the source edits the item
     content: str
     summary: str
+    source: str  # the source's name
     feed_url: str | None
+    enclosures: tuple[Media, ...]
+    media: tuple[Media, ...]
+    image: str | None
+    episode: Episode
 
 
 def site_base(link: str) -> str:
@@ -69,6 +68,7 @@ class Channel:
     description: str
     link: str  # the web page the feed belongs to
     folder: str  # URL of the folder its files are published in
+    podcast: Podcast = field(default_factory=Podcast)
 
 
 def publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
@@ -86,7 +86,7 @@ def publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
 
 def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
     base = site_base(config.link)
-    main = Channel(config.title, config.description, config.link, base)
+    main = Channel(config.title, config.description, config.link, base, config.podcast_of(None))
     items = _load_items(archive, archive.state.newest(config.max_items), {}, config.link)
     paths = _write_feed(archive.root, main, items, now)
     known = {item.key: item for item in items}  # tag feeds mostly hold these same items
@@ -98,6 +98,7 @@ def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
             f"The newest items tagged {tag.name}. {config.description}".strip(),
             folder,
             folder,
+            config.podcast_of(tag.name),
         )
         records = archive.state.newest(config.max_items, feeds=tag.feed_urls)
         tagged = _load_items(archive, records, known, config.link)
@@ -143,7 +144,7 @@ def _load_items(
 _ID_SCHEMES = frozenset({"http", "https", "urn", "tag"})
 
 
-def _item(post: StoredPost, key: str, feed_url: str | None, site: str) -> _Item:
+def _item(post: Post, key: str, feed_url: str | None, site: str) -> _Item:
     content = xml_safe(post.content)
     # The summary needs the start of the text only; a 10 MB item is not stripped whole.
     text = " ".join(html_to_text(content[: SUMMARY_CHARS * 20]).split())
@@ -155,6 +156,9 @@ def _item(post: StoredPost, key: str, feed_url: str | None, site: str) -> _Item:
     # item known by a javascript:// GUID) links to its source if that is http(s), else
     # to the site. Identifiers keep the schemes readers expect of them.
     link = next((u for u in (xml_safe(post.link), source) if is_http_url(u)), site)
+    name = xml_safe(post.author) or "unknown"
+    date = sort_date(post.published, post.archived)
+    tags = [t for t in post.tags if t != post.author]
     return _Item(
         key=key,
         id=source
@@ -164,30 +168,42 @@ def _item(post: StoredPost, key: str, feed_url: str | None, site: str) -> _Item:
         guid_is_link=is_http_url(source),
         title=xml_safe(post.title),
         link=link,
-        author=xml_safe(post.author) or "unknown",
-        tags=tuple(xml_safe(t) for t in post.tags),
-        date=sort_date(post.published, post.archived),
+        authors=tuple(xml_safe(a) for a in post.item_authors) or (name,),
+        categories=tuple(dict.fromkeys(xml_safe(t) for t in (*post.item_categories, *tags))),
+        date=date,
+        updated=max(date, post.updated) if post.updated else date,
         content=content,
         summary=text,
+        source=name,
         feed_url=feed_url,
+        enclosures=post.enclosures,
+        media=post.media,
+        image=post.image,
+        episode=post.episode,
     )
 
 
 def _build_xml(
-    config: Channel, items: list[_Item], now: datetime, self_url: str, atom: bool
+    channel: Channel, items: list[_Item], now: datetime, self_url: str, atom: bool
 ) -> bytes:
     fg = FeedGenerator()
-    if not atom:
-        fg.load_extension("dc", atom=False, rss=True)
-    fg.id(config.link)
-    fg.title(xml_safe(config.title))
-    fg.subtitle(xml_safe(config.description) or xml_safe(config.title))
+    fg.load_extension("dc", atom=False, rss=True)
+    fg.load_extension("media", atom=True, rss=True)
+    podcast = not atom and (channel.podcast or any(i.episode for i in items))
+    if podcast:
+        fg.load_extension("podcast", atom=False, rss=True)
+        _channel_podcast(fg, channel.podcast)
+    if channel.podcast.language:
+        fg.language(channel.podcast.language)
+    fg.id(channel.link)
+    fg.title(xml_safe(channel.title))
+    fg.subtitle(xml_safe(channel.description) or xml_safe(channel.title))
     fg.link(
         href=self_url, rel="self", type="application/atom+xml" if atom else "application/rss+xml"
     )
-    fg.link(href=config.link, rel="alternate", type="text/html")  # last: feedgen's RSS <link>
+    fg.link(href=channel.link, rel="alternate", type="text/html")  # last: feedgen's RSS <link>
     fg.generator("aggregator", __version__)
-    fg.updated(max((i.date for i in items), default=now))
+    fg.updated(max((i.updated for i in items), default=now))
     fg.lastBuildDate(now)
     for item in items:
         fe = fg.add_entry(order="append")
@@ -198,39 +214,153 @@ def _build_xml(
         fe.title(item.title or item.link)
         fe.link(href=item.link)
         fe.published(item.date)
-        fe.updated(item.date)
-        fe.author(name=item.author)
-        if not atom:
-            fe.dc.dc_creator(item.author)
-        if item.tags:
-            fe.category([{"term": t} for t in item.tags])
+        fe.updated(item.updated)
+        if atom:
+            fe.author([{"name": a} for a in item.authors])
+        else:  # RSS <author> must be an e-mail address: names go in dc:creator
+            fe.dc.dc_creator(list(item.authors))
+        if item.categories:
+            fe.category([{"term": t} for t in item.categories])
         fe.content(item.content, type="html")
         fe.summary(item.summary or item.title)  # RSS description, Atom summary
         if item.feed_url:
-            fe.source(url=item.feed_url, title=item.author)
-    result: bytes = fg.atom_str(pretty=True) if atom else fg.rss_str(pretty=True)
+            fe.source(url=item.feed_url, title=item.source)
+        _files(fe, item, atom)
+        if podcast and not atom:
+            _episode(fe, item)
+    if atom:
+        return _with_atom_enclosures(fg.atom_str(pretty=True), items)
+    result: bytes = fg.rss_str(pretty=True)
     return result
 
 
-def _build_json(config: Channel, items: list[_Item], self_url: str) -> bytes:
+def _files(fe: Any, item: _Item, atom: bool) -> None:
+    """RSS: the first enclosure as ``<enclosure>`` (RSS allows one), the others and the
+    item's media as ``media:content``; Atom: media only (enclosures are added after,
+    see :func:`_with_atom_enclosures`). Both: the picture as ``media:thumbnail``."""
+    rest = item.enclosures if atom else item.enclosures[1:]
+    if item.enclosures and not atom:
+        first = item.enclosures[0]
+        fe.enclosure(first.url, str(first.length or 0), first.type or _DEFAULT_TYPE)
+    for media in (*([] if atom else rest), *item.media):
+        fe.media.content(_media_attributes(media), group=None)
+    if item.image:
+        fe.media.thumbnail({"url": item.image}, group=None)
+
+
+_DEFAULT_TYPE = "application/octet-stream"
+
+
+def _media_attributes(media: Media) -> dict[str, str]:
+    attributes = {"url": media.url}
+    for name, value in (
+        ("fileSize", media.length),
+        ("type", media.type),
+        ("medium", media.medium),
+        ("duration", media.duration),
+        ("width", media.width),
+        ("height", media.height),
+    ):
+        if value is not None:
+            attributes[name] = str(value)
+    return attributes
+
+
+def _with_atom_enclosures(document: bytes, items: list[_Item]) -> bytes:
+    """Atom ``link rel="enclosure"`` elements with their type and length, which feedgen
+    1.0 writes without attributes."""
+    if not any(item.enclosures for item in items):
+        return document
+    from lxml import etree  # noqa: PLC0415
+
+    atom = "{http://www.w3.org/2005/Atom}"
+    root = etree.fromstring(document, etree.XMLParser(resolve_entities=False, huge_tree=True))
+    for entry, item in zip(root.iter(f"{atom}entry"), items, strict=True):
+        after = entry.find(f"{atom}link")
+        position = list(entry).index(after) + 1 if after is not None else len(entry)
+        for offset, media in enumerate(item.enclosures):
+            link = etree.Element(f"{atom}link", rel="enclosure", href=media.url)
+            link.set("type", media.type or _DEFAULT_TYPE)
+            if media.length is not None:
+                link.set("length", str(media.length))
+            entry.insert(position + offset, link)
+    result: bytes = etree.tostring(root, pretty_print=True, xml_declaration=True, encoding="UTF-8")
+    return result
+
+
+def _channel_podcast(fg: Any, podcast: Podcast) -> None:
+    if podcast.author:
+        fg.podcast.itunes_author(podcast.author)
+    if podcast.author and podcast.email:
+        fg.podcast.itunes_owner(name=podcast.author, email=podcast.email)
+    if podcast.image:
+        fg.podcast.itunes_image(podcast.image)
+    if podcast.category:
+        fg.podcast.itunes_category(podcast.category, podcast.subcategory)
+    if podcast.explicit is not None:
+        fg.podcast.itunes_explicit("yes" if podcast.explicit else "no")
+
+
+def _episode(fe: Any, item: _Item) -> None:
+    episode = item.episode
+    if episode.duration is not None:
+        fe.podcast.itunes_duration(episode.duration)
+    if episode.number:
+        fe.podcast.itunes_episode(episode.number)
+    if episode.season:
+        fe.podcast.itunes_season(episode.season)
+    if episode.kind:
+        fe.podcast.itunes_episode_type(episode.kind)
+    if episode.explicit is not None:
+        fe.podcast.itunes_explicit("yes" if episode.explicit else "no")
+    if item.image and item.image.split("?", 1)[0].endswith((".jpg", ".png")):
+        fe.podcast.itunes_image(item.image)  # (feedgen takes no other kind)
+
+
+def _build_json(channel: Channel, items: list[_Item], self_url: str) -> bytes:
     feed: dict[str, Any] = {
         "version": "https://jsonfeed.org/version/1.1",
-        "title": config.title,
-        "home_page_url": config.link,
+        "title": channel.title,
+        "home_page_url": channel.link,
         "feed_url": self_url,
-        "description": config.description,
-        "items": [
-            {
-                "id": item.id,
-                "url": item.link,
-                "title": item.title,
-                "content_html": item.content,
-                "summary": item.summary,
-                "date_published": item.date.isoformat(),
-                "authors": [{"name": item.author}],
-                "tags": list(item.tags),
-            }
-            for item in items
-        ],
+        "description": channel.description,
+        "items": [_json_item(item) for item in items],
     }
+    if channel.podcast.image:
+        feed["icon"] = channel.podcast.image
+    if channel.podcast.language:
+        feed["language"] = channel.podcast.language
     return json.dumps(feed, ensure_ascii=False, indent=1).encode() + b"\n"
+
+
+def _json_item(item: _Item) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": item.id,
+        "url": item.link,
+        "title": item.title,
+        "content_html": item.content,
+        "summary": item.summary,
+        "date_published": item.date.isoformat(),
+        "authors": [{"name": a} for a in item.authors],
+        "tags": list(item.categories),
+    }
+    if item.updated != item.date:
+        out["date_modified"] = item.updated.isoformat()
+    if item.image:
+        out["image"] = item.image
+    if item.enclosures:
+        out["attachments"] = [_attachment(m) for m in item.enclosures]
+    source = {"title": item.source}
+    if item.feed_url:
+        source["feed_url"] = item.feed_url
+    out["_source"] = source
+    return out
+
+
+def _attachment(media: Media) -> dict[str, Any]:
+    attachment: dict[str, Any] = {"url": media.url, "mime_type": media.type or _DEFAULT_TYPE}
+    if media.length is not None:
+        attachment["size_in_bytes"] = media.length
+    if media.duration is not None:
+        attachment["duration_in_seconds"] = media.duration
+    return attachment

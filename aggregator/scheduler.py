@@ -251,7 +251,7 @@ class Daemon:
         self._index_health()
         if result is not None:
             self.metrics.observe(result)
-            if result.new:
+            if result.new or result.updated:
                 self._publish_wanted.set()
 
     def _repair_index(self) -> None:

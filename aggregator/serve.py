@@ -291,7 +291,7 @@ def render_home(site: Site, tag: Tag | None = None) -> str:
     feeds = tag.feed_urls if tag else None
     for record in site.state.newest(min(cfg.max_items, HOME_ITEMS), feeds=feeds):
         name = e(record.title)
-        link = f'<a href="{e(record.key)}">{name}</a>' if is_http_url(record.key) else name
+        link = f'<a href="{e(record.link)}">{name}</a>' if record.link else name
         items.append(f"<li>{link} <small>{record.archived:%Y-%m-%d %H:%M} UTC</small></li>")
     sources = []
     for row in feed_rows(cfg, site.feed_statuses(), site.clock()):

@@ -18,7 +18,7 @@ import yaml
 
 from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE, write_file_atomic
 from aggregator.models import Config
-from aggregator.process import slugify, yaml_quoted
+from aggregator.posts import slugify, yaml_quoted
 
 log = logging.getLogger(__name__)
 

@@ -96,7 +96,7 @@ def _looks_like_html(content: bytes, content_type: str | None) -> bool:
 async def find_feed(url: str, settings: FetchSettings, transport: Any = None) -> Found:
     """Fetch ``url``; if it is a page, follow its first announced feed; parse the feed once."""
     from aggregator.fetch import fetch_feed, make_client  # noqa: PLC0415
-    from aggregator.parse import parse_feed  # noqa: PLC0415
+    from aggregator.parsers import parse_feed  # noqa: PLC0415
 
     async with make_client(settings, transport) as client:
 

@@ -26,10 +26,11 @@ from aggregator.models import (
     parse_time,
     sort_date,
 )
+from aggregator.urls import is_http_url
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS feeds (
     url            TEXT PRIMARY KEY,
@@ -55,7 +56,11 @@ _SCHEMA = (
     sort_date  TEXT NOT NULL,     -- order in the merged feed
     path       TEXT NOT NULL UNIQUE,
     pending    INTEGER NOT NULL DEFAULT 0, -- 1 while the post file is being written
-    author     TEXT               -- the post's author: finds its feed again after a rebuild
+    author     TEXT,              -- the post's author: finds its feed again after a rebuild
+    digest     TEXT,              -- of what the source said (NULL: not known, e.g. rebuilt)
+    revisions  INTEGER NOT NULL DEFAULT 0, -- rewrites for edits the source did not date
+    source_updated TEXT,          -- the source's own date of its last change
+    link       TEXT               -- the post's http(s) link (keys are not links)
 )""",
     "CREATE INDEX IF NOT EXISTS items_by_date ON items (sort_date DESC, key)",
     "CREATE INDEX IF NOT EXISTS items_pending ON items (pending) WHERE pending = 1",
@@ -63,8 +68,17 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS items_orphans ON items (author) WHERE feed_url IS NULL",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
 )
-# Columns schema 2 added to the tables of schema 1.
-_ADDED = {"feeds": {"local_errors": "INTEGER NOT NULL DEFAULT 0"}, "items": {"author": "TEXT"}}
+# Columns later schemas added to the tables of earlier ones.
+_ADDED = {
+    "feeds": {"local_errors": "INTEGER NOT NULL DEFAULT 0"},
+    "items": {
+        "author": "TEXT",
+        "digest": "TEXT",
+        "revisions": "INTEGER NOT NULL DEFAULT 0",
+        "source_updated": "TEXT",
+        "link": "TEXT",
+    },
+}
 _BATCH = 500  # keys per IN (...) query
 BUSY_TIMEOUT_MS = 10_000  # how long to wait for another process's lock on the index
 _PUBLISH_NEEDED = "publish_needed"  # meta key: posts were archived since the last publish
@@ -107,6 +121,48 @@ class ItemRecord:
     published: datetime | None
     archived: datetime
     author: str | None = None
+    link: str | None = None  # http(s)
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the index knows of an archived item, to tell an edit at the source."""
+
+    key: str
+    path: str
+    archived: datetime
+    pending: bool
+    digest: str | None
+    revisions: int
+    source_updated: datetime | None
+
+
+def _rekey(db: sqlite3.Connection) -> None:
+    """Keys of schema 2 and before kept an URL's scheme and ``www.``: make them today's
+    keys (see :func:`aggregator.posts.key_for`). Where two items become one (the same
+    item archived twice after its publisher moved to https), the first archived keeps
+    the key; the other's post stays on disk, out of the index, as reindex leaves it."""
+    from aggregator.posts import key_for  # noqa: PLC0415 -- once per upgraded index
+
+    rows = db.execute("SELECT key, archived FROM items ORDER BY archived, key").fetchall()
+    new: dict[str, str] = {}
+    for key, _ in rows:
+        rekeyed = key_for(key) if key.startswith(("http://", "https://")) else key
+        if rekeyed in new.values() and new.get(key) != rekeyed:
+            db.execute("DELETE FROM items WHERE key = ?", (key,))
+            log.warning("index upgrade: %s is a second copy of an item; left out", key)
+        else:
+            new[key] = rekeyed
+    changed = [(k, v) for k, v in new.items() if k != v]
+    db.executemany("UPDATE items SET link = ? WHERE key = ?", [(k, k) for k, _ in changed])
+    # Two steps, so that a new key never meets an old one on the way (keys never hold
+    # control characters: GUIDs are cleaned of them).
+    db.executemany(
+        "UPDATE items SET key = char(1) || ? WHERE key = ?", [(v, k) for k, v in changed]
+    )
+    db.executemany(
+        "UPDATE items SET key = ? WHERE key = char(1) || ?", [(v, v) for _, v in changed]
+    )
 
 
 _FEED_COLUMNS = (
@@ -172,12 +228,15 @@ class State:
         self.readonly = readonly
         self._columns = _FEED_COLUMNS
         self._old = False  # read-only, of schema 1: no meta table, no local_errors column
+        self._items = _ITEM_COLUMNS
         try:
             if readonly:  # for `status`, `serve` and export-opml, next to a running daemon
                 self._db = self._open_readonly(path)
                 self._old = self._db.execute("PRAGMA user_version").fetchone()[0] < 2
                 if self._old:
                     self._columns = _FEED_COLUMNS.replace("local_errors", "0")
+                if self._db.execute("PRAGMA user_version").fetchone()[0] < 3:
+                    self._items = _ITEM_COLUMNS.replace("link", "key")  # keys were links
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None)
@@ -213,6 +272,8 @@ class State:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
             for statement in _SCHEMA:
                 db.execute(statement)
+            if db.execute("PRAGMA user_version").fetchone()[0] < 3:
+                _rekey(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -342,6 +403,63 @@ class State:
         """The subset of ``keys`` already archived (or being archived)."""
         return self._existing("key", keys)
 
+    def known(self, keys: Iterable[str]) -> dict[str, Known]:
+        """What the index knows of those of ``keys`` that are archived."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, Known] = {}
+        for i in range(0, len(wanted), _BATCH):
+            chunk = wanted[i : i + _BATCH]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT {_KNOWN_COLUMNS} FROM items WHERE key IN ({marks})"  # noqa: S608
+            for row in self._read(query, chunk):
+                found[row[0]] = Known(
+                    key=row[0],
+                    path=row[1],
+                    archived=parse_time(row[2]),
+                    pending=bool(row[3]),
+                    digest=row[4],
+                    revisions=row[5],
+                    source_updated=parse_time(row[6]) if row[6] else None,
+                )
+        return found
+
+    def note_digests(self, rows: Iterable[tuple[str, str, datetime | None]]) -> None:
+        """(key, digest, source_updated) of items known without a digest (rebuilt, or
+        archived by an earlier version): from now on, a change is an edit."""
+        self._write(
+            "UPDATE items SET digest = ?, source_updated = ? WHERE key = ?",
+            [(d, format_time(u) if u else None, k) for k, d, u in rows],
+        )
+
+    def revised(self, posts: Iterable[tuple[Post, int]]) -> None:
+        """Record posts rewritten in place for an edit at the source, each with its count
+        of undated rewrites; the merged feed is then behind."""
+        rows = [
+            (
+                p.title,
+                format_time(p.published) if p.published else None,
+                format_time(sort_date(p.published, p.archived)),
+                p.digest,
+                revisions,
+                format_time(p.source_updated) if p.source_updated else None,
+                p.key,
+            )
+            for p, revisions in posts
+        ]
+        if not rows:
+            return
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE items SET title = ?, published = ?, sort_date = ?, digest = ?,"
+                " revisions = ?, source_updated = ? WHERE key = ?",
+                rows,
+            )
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_PUBLISH_NEEDED,))
+
+    def stop_revising(self, keys: Iterable[str], limit: int) -> None:
+        """Items that reached ``limit`` undated rewrites: marked past it (said once)."""
+        self._write("UPDATE items SET revisions = ? WHERE key = ?", [(limit + 1, k) for k in keys])
+
     def paths_taken(self, paths: Iterable[str]) -> set[str]:
         """The subset of ``paths`` already used by archived items."""
         return self._existing("path", paths)
@@ -394,17 +512,14 @@ class State:
             only = f" AND feed_url IN ({','.join('?' * len(values))})"
         # Only "?" placeholders are interpolated; the values are bound.
         query = (
-            "SELECT key, feed_url, title, path, published, archived FROM items WHERE pending = 0"  # noqa: S608
+            f"SELECT {self._items} FROM items WHERE pending = 0"  # noqa: S608
             + only
             + " ORDER BY sort_date DESC, key LIMIT ?"
         )
         return [_item(r) for r in self._read(query, (*values, limit))]
 
     def items(self) -> list[ItemRecord]:
-        rows = self._read(
-            "SELECT key, feed_url, title, path, published, archived FROM items"
-            " WHERE pending = 0 ORDER BY key"
-        )
+        rows = self._read(f"SELECT {self._items} FROM items WHERE pending = 0 ORDER BY key")  # noqa: S608
         return [_item(r) for r in rows]
 
     def count(self) -> int:
@@ -433,9 +548,11 @@ class State:
             db.executemany(_INSERT_ITEM, rows)
 
 
+_KNOWN_COLUMNS = "key, path, archived, pending, digest, revisions, source_updated"
+_ITEM_COLUMNS = "key, feed_url, title, path, published, archived, link"
 _INSERT_ITEM = (
     "INSERT INTO items (key, feed_url, title, published, archived, sort_date, path, pending,"
-    " author) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " author, digest, source_updated, link) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -450,10 +567,13 @@ def _item_row(r: ItemRecord | Post, *, pending: bool) -> tuple[object, ...]:
         r.path,
         int(pending),
         r.author,
+        (r.digest or None) if isinstance(r, Post) else None,
+        format_time(r.source_updated) if isinstance(r, Post) and r.source_updated else None,
+        r.link if r.link and is_http_url(r.link) else None,
     )
 
 
-def _item(row: tuple[str, str | None, str, str, str | None, str]) -> ItemRecord:
+def _item(row: tuple[str, str | None, str, str, str | None, str, str | None]) -> ItemRecord:
     return ItemRecord(
         key=row[0],
         feed_url=row[1],
@@ -461,4 +581,5 @@ def _item(row: tuple[str, str | None, str, str, str | None, str]) -> ItemRecord:
         path=row[3],
         published=parse_time(row[4]) if row[4] else None,
         archived=parse_time(row[5]),
+        link=row[6] if row[6] and is_http_url(row[6]) else None,
     )

@@ -53,6 +53,19 @@ def _is_tracking(param: str) -> bool:
     return name.startswith("utm_") or name in _TRACKING_PARAMS
 
 
+def strip_tracking(url: str) -> str:
+    """``url`` without its tracking parameters (as :func:`normalize_url` drops them), and
+    otherwise exactly as given: what a published link should be."""
+    head, mark, rest = url.partition("?")
+    if not mark:
+        return url
+    query, hash_mark, fragment = rest.partition("#")
+    kept = [p for p in query.split("&") if p and not _is_tracking(p)]
+    if len(kept) == len([p for p in query.split("&") if p]):
+        return url
+    return head + ("?" + "&".join(kept) if kept else "") + hash_mark + fragment
+
+
 def normalize_url(url: str, base: str | None = None) -> str | None:
     """The canonical form of an http(s) URL, used as a dedupe key.
 

@@ -49,13 +49,15 @@ class Prepared:
 
 def prepare(job: Job) -> Prepared:
     """Parse ``job.content`` and render a post for each entry considered."""
-    from aggregator.parse import parse_feed  # noqa: PLC0415 -- only workers need these
-    from aggregator.process import apply_rules, make_post  # noqa: PLC0415
+    from aggregator.parsers import parse_feed  # noqa: PLC0415 -- only workers need these
+    from aggregator.posts import item_identity  # noqa: PLC0415
+    from aggregator.process import apply_rules, is_junk, make_post  # noqa: PLC0415
 
     parsed = parse_feed(job.content, job.url, job.content_type, max_entries=job.max_entries)
     name = job.name or parsed.title or job.fallback_name
     site = parsed.link or job.feed_url
-    entries = list(reversed(parsed.entries))
+    entries = [e for e in reversed(parsed.entries) if not is_junk(e)]
+    identities = [item_identity(e) for e in entries]  # before the options change the text
     shaped = (
         entries if job.rules == ItemRules() else [apply_rules(e, job.rules, name) for e in entries]
     )
@@ -68,8 +70,9 @@ def prepare(job: Job) -> Prepared:
             archived=job.archived,
             site_link=site,
             image_proxy=job.image_proxy,
+            identity=identity,
         )
-        for entry in shaped
+        for entry, identity in zip(shaped, identities, strict=True)
         if entry is not None
     )
     filtered = len(shaped) - len(posts)
@@ -117,7 +120,7 @@ class Workers:
         # lifeline first: the forkserver and its workers die with this process, whatever
         # kills it, and leave SIGINT/SIGTERM to it.
         context.set_forkserver_preload(
-            ["aggregator.lifeline", "aggregator.parse", "aggregator.process"]
+            ["aggregator.lifeline", "aggregator.parsers", "aggregator.process", "aggregator.posts"]
         )
         return ProcessPoolExecutor(self.count, mp_context=context)
 

@@ -371,7 +371,7 @@ def published_items(archive: Path) -> dict[str, list[tuple[object, ...]]]:
     import json
     from xml.etree import ElementTree as ET
 
-    from aggregator.process import key_for
+    from aggregator.posts import key_for
     from tests.feedcheck import NS
 
     a = "{http://www.w3.org/2005/Atom}"
@@ -403,7 +403,7 @@ def published_items(archive: Path) -> dict[str, list[tuple[object, ...]]]:
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    from aggregator.process import key_for
+    from aggregator.posts import key_for
 
     rng = random.Random(20261124)
     kills = runs = mid_write = 0
@@ -597,7 +597,7 @@ def test_fuzz_parse_and_process(body: bytes) -> None:
     from datetime import UTC, datetime
 
     from aggregator.errors import ParseError
-    from aggregator.parse import parse_feed
+    from aggregator.parsers import parse_feed
     from aggregator.process import make_post
 
     try:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.archive import Archive, StoredPost
+from aggregator.archive import Archive
 from aggregator.config import load_config
 from aggregator.errors import ConfigError
-from aggregator.models import Config
+from aggregator.models import Config, Post
 from aggregator.pipeline import run_pass
 from tests.conftest import StepClock, write_config
 from tests.farm import Answer, Farm
@@ -36,7 +36,7 @@ def feed(*items: tuple[str, str, str]) -> bytes:
 
 def poll(
     tmp_path: Path, farm: Farm, body: bytes, clock: StepClock, **options: object
-) -> list[StoredPost]:
+) -> list[Post]:
     """Archive ``body`` served as one feed with ``options``; the posts, oldest first."""
     farm.routes["/f"] = Answer(200, body, RSS)
     top = {"image_proxy": "https://proxy.example/?u={url}"}
@@ -46,7 +46,7 @@ def poll(
     return posts(config)
 
 
-def posts(config: Config) -> list[StoredPost]:
+def posts(config: Config) -> list[Post]:
     with Archive(config.archive) as archive:
         records = sorted(archive.state.items(), key=lambda r: r.path)
         return [archive.read_post(r.path) for r in records]
@@ -154,19 +154,26 @@ def test_invalid_options_name_the_key(
 
 
 def test_options_do_not_change_an_items_identity() -> None:
-    """An item without link or GUID is keyed by a hash of its text: the key must not
-    follow the feed's options, or changing them would archive its items again."""
+    """An item without link or GUID is keyed by a hash of its title and date: the key must
+    not follow the feed's options (a title template, strip), or changing them would
+    archive its items again."""
     from datetime import UTC, datetime
 
-    from aggregator.models import Entry, ItemRules
-    from aggregator.process import apply_rules, item_source, key_for, make_post
+    from aggregator.models import ItemRules
+    from aggregator.workers import Job, prepare
 
-    entry = Entry(title="Bare", link=None, guid=None, content="<p>x</p><p class='ad'>y</p>",
-                  base="https://b.example/", published=None)  # fmt: skip
-    rules = ItemRules(title="[{name}] {title}", strip=(".ad",))
-    shaped = apply_rules(entry, rules, "B")
-    assert shaped is not None and shaped.title == "[B] Bare" and "y" not in shaped.content
-    when = datetime(2024, 1, 1, tzinfo=UTC)
-    post = make_post(shaped, feed_url="https://b.example/f", name="B", tags=(), archived=when,
-                     site_link="https://b.example/")  # fmt: skip
-    assert post.key == key_for(item_source(entry))
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>B</title>'
+        b"<item><title>Bare</title><description>&lt;p&gt;x&lt;/p&gt;&lt;p class='ad'&gt;y"
+        b"&lt;/p&gt;</description></item></channel></rss>"
+    )
+
+    def keys(rules: ItemRules) -> list[tuple[str, str]]:
+        job = Job(body, "https://b.example/f", "application/rss+xml", "https://b.example/f",
+                  "B", "B", (), datetime(2024, 1, 1, tzinfo=UTC), None, 100, rules)  # fmt: skip
+        return [(p.key, p.title) for p in prepare(job).posts]
+
+    ((plain_key, plain_title),) = keys(ItemRules())
+    ((shaped_key, shaped_title),) = keys(ItemRules(title="[{name}] {title}", strip=(".ad",)))
+    assert (plain_title, shaped_title) == ("Bare", "[B] Bare")
+    assert shaped_key == plain_key and plain_key.startswith("urn:sha256:")

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggregator.errors import ParseError
-from aggregator.parse import parse_feed
+from aggregator.parsers import parse_feed
 from tests.conftest import DATA
 from tests.farm import rss
 
@@ -160,7 +160,7 @@ def _documents() -> list[tuple[str, bytes, str | None]]:
 
 
 def test_the_plain_xml_path_reads_what_feedparser_reads() -> None:
-    from aggregator.parse import read_plain_xml
+    from aggregator.parsers.plain import read_plain_xml
 
     url = "http://example.com/feeds/feed.xml"
     plain = 0
@@ -175,7 +175,7 @@ def test_the_plain_xml_path_reads_what_feedparser_reads() -> None:
 
 
 def test_the_plain_xml_path_refuses_what_it_does_not_know() -> None:
-    from aggregator.parse import read_plain_xml
+    from aggregator.parsers.plain import read_plain_xml
 
     url = "http://example.com/feed"
     ok = rss([{"title": "t", "link": "http://e.com/1"}])
@@ -262,6 +262,10 @@ def _rss_documents(draw: st.DrawFn) -> bytes:
             "content",
             "dcdate",
             "category",
+            "author",
+            "creator",
+            "subject",
+            "enclosure",
         ]
         for tag in draw(st.lists(st.sampled_from(kinds), max_size=7)):
             if tag == "title":
@@ -282,6 +286,13 @@ def _rss_documents(draw: st.DrawFn) -> bytes:
                 fields.append(f"<pubDate>{draw(_DATES)}</pubDate>")
             elif tag == "dcdate":
                 fields.append(f"<dc:date>{draw(_DATES)}</dc:date>")
+            elif tag in ("author", "creator", "subject"):
+                name = {"author": "author", "creator": "dc:creator", "subject": "dc:subject"}[tag]
+                fields.append(f"<{name}>{escape(draw(_TEXT))}</{name}>")
+            elif tag == "enclosure":
+                length = draw(st.sampled_from(["", ' length="123"', ' length="x"']))
+                kind = draw(st.sampled_from(["", ' type="audio/mpeg"', ' type="Video/MP4"']))
+                fields.append(f"<enclosure url={quoteattr(draw(_URLS))}{length}{kind}/>")
             else:
                 fields.append(
                     f"<category domain={quoteattr(draw(_URLS))}>{escape(draw(_TEXT))}</category>"
@@ -319,6 +330,12 @@ def _atom_documents(draw: st.DrawFn) -> bytes:
             "content": lambda: text("content"),
             "summary": lambda: text("summary"),
             "author": lambda: f"<author><name>{escape(draw(_TEXT))}</name></author>",
+            "category": lambda: (
+                f"<category term={quoteattr(draw(_TEXT))} label={quoteattr(draw(_TEXT))}/>"
+            ),
+            "enclosure": lambda: (
+                f'<link rel="enclosure" type="audio/mpeg" length="9" href={quoteattr(draw(_URLS))}/>'
+            ),
         }
         order = draw(st.lists(st.sampled_from(list(pieces)), max_size=8))
         parts.append("<entry>" + "".join(pieces[p]() for p in order) + "</entry>")
@@ -332,7 +349,7 @@ def _atom_documents(draw: st.DrawFn) -> bytes:
 @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=st.one_of(_rss_documents(), _atom_documents()))
 def test_both_paths_agree_on_generated_documents(body: bytes) -> None:
-    from aggregator.parse import read_plain_xml
+    from aggregator.parsers.plain import read_plain_xml
 
     url = "http://example.com/feeds/feed.xml"
     if read_plain_xml(body, url, "application/xml") is None:

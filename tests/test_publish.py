@@ -57,8 +57,8 @@ def test_outputs_are_valid_and_carry_every_field(tmp_path: Path) -> None:
     assert first.title == 'Item 4 <&> "quoted"'
     assert first.link == "https://ex.com/4"
     assert first.id == "https://ex.com/4"
-    assert first.author == "Ex: the feed"
-    assert [t.term for t in first.tags] == ["Ex: the feed", "news", "tech"]
+    assert first.author == "Ex: the feed"  # the item names nobody: its source
+    assert [t.term for t in first.tags] == ["news", "tech"]  # the source is named apart
     assert first.source.href == "https://ex.com/feed" and first.source.title == "Ex: the feed"
     raw = (cfg.archive / "feed.xml").read_text()
     assert '&lt;p&gt;4&lt;/p&gt;&lt;img src="https://ex.com/i4.png"&gt;' in raw  # as archived

@@ -9,6 +9,7 @@ from typing import Any
 
 from aggregator.errors import ParseError
 from aggregator.models import Entry, ParsedFeed, newest
+from aggregator.parsers.common import MAX_FILES, media, names
 from aggregator.sanitize import xml_safe
 from aggregator.urls import resolve_url
 
@@ -50,6 +51,11 @@ def _json_str(obj: dict[str, Any], key: str) -> str:
     return xml_safe(value) if isinstance(value, str) else ""
 
 
+def _json_list(obj: dict[str, Any], key: str) -> list[Any]:
+    value = obj.get(key)
+    return value if isinstance(value, list) else []
+
+
 def _json_date(value: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
@@ -67,13 +73,36 @@ def _json_entry(item: dict[str, Any], feed_url: str) -> Entry:
         text = _json_str(item, "content_text") or _json_str(item, "summary")
         content = html.escape(text, quote=False)
     guid = item.get("id")
+    base = link or feed_url
+    people = _json_list(item, "authors")
+    if isinstance(item.get("author"), dict):  # JSON Feed 1.0
+        people = [*people, item["author"]]
+    attachments = _json_list(item, "attachments")
+    tags = _json_list(item, "tags")
+    files = (
+        media(
+            a.get("url"),
+            base,
+            type=a.get("mime_type"),
+            length=a.get("size_in_bytes"),
+            duration=a.get("duration_in_seconds"),
+        )
+        for a in attachments
+        if isinstance(a, dict)
+    )
+    image = _json_str(item, "image") or _json_str(item, "banner_image")
     return Entry(
         title=" ".join(_json_str(item, "title").split()),
         link=link,
         guid=xml_safe(str(guid)).strip() or None if guid is not None else None,
         content=content,
-        base=link or feed_url,
+        base=base,
         published=_json_date(_json_str(item, "date_published"))
         or _json_date(_json_str(item, "date_modified")),
         summary=html.escape(_json_str(item, "summary"), quote=False),
+        updated=_json_date(_json_str(item, "date_modified")),
+        authors=names(p.get("name") for p in people if isinstance(p, dict)),
+        categories=names(tags),
+        enclosures=tuple(f for f in files if f is not None)[:MAX_FILES],
+        image=resolve_url(image, base) if image else None,
     )
