@@ -274,7 +274,8 @@ def _with_atom_enclosures(document: bytes, items: list[_Item]) -> bytes:
     from lxml import etree  # noqa: PLC0415
 
     atom = "{http://www.w3.org/2005/Atom}"
-    root = etree.fromstring(document, etree.XMLParser(resolve_entities=False, huge_tree=True))
+    parser = etree.XMLParser(resolve_entities=False, huge_tree=True, remove_blank_text=True)
+    root = etree.fromstring(document, parser)
     for entry, item in zip(root.iter(f"{atom}entry"), items, strict=True):
         after = entry.find(f"{atom}link")
         position = list(entry).index(after) + 1 if after is not None else len(entry)

@@ -20,11 +20,11 @@ from aggregator.urls import resolve_url
 
 ALLOWED_TAGS = frozenset(
     {
-        "a", "abbr", "b", "blockquote", "br", "caption", "cite", "code", "dd", "del", "div",
-        "dl", "dt", "em", "figcaption", "figure", "h1", "h2", "h3", "h4", "h5", "h6", "hr",
-        "i", "img", "ins", "kbd", "li", "mark", "ol", "p", "pre", "q", "s", "samp", "small",
-        "span", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead",
-        "time", "tr", "u", "ul",
+        "a", "abbr", "audio", "b", "blockquote", "br", "caption", "cite", "code", "dd", "del",
+        "div", "dl", "dt", "em", "figcaption", "figure", "h1", "h2", "h3", "h4", "h5", "h6",
+        "hr", "i", "img", "ins", "kbd", "li", "mark", "ol", "p", "pre", "q", "s", "samp", "small",
+        "source", "span", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th",
+        "thead", "time", "tr", "u", "ul", "video",
     }
 )  # fmt: skip
 
@@ -41,6 +41,9 @@ _STYLED = ("div", "p", "span", "small", "a", "img", "td", "th", "table")
 ALLOWED_ATTRIBUTES: dict[str, set[str]] = {
     "a": {"href", "title"},
     "abbr": {"title"},
+    "audio": {"src", "controls", "preload"},  # never autoplay
+    "source": {"src", "type"},
+    "video": {"src", "controls", "preload", "poster", "width", "height"},
     "blockquote": {"cite"},
     "del": {"cite", "datetime"},
     "img": {"src", "alt", "title", "width", "height"},
@@ -55,7 +58,7 @@ ALLOWED_ATTRIBUTES: dict[str, set[str]] = {
 for _tag in _STYLED:
     ALLOWED_ATTRIBUTES.setdefault(_tag, set()).add("style")
 
-_URL_ATTRIBUTES = frozenset({"href", "src", "cite"})
+_URL_ATTRIBUTES = frozenset({"href", "src", "cite", "poster"})
 # An absolute http(s) URL with a plain ASCII host and nothing to resolve or refuse: the
 # common case, accepted without parsing (anything else takes the careful path).
 _PLAIN_HTTP_URL = re.compile(
@@ -108,7 +111,7 @@ def _attribute_filter(base: str, image_proxy: str | None) -> Callable[[str, str,
         url = resolve_url(value, base)
         if url is None:  # javascript:, data:, vbscript:, garbage ...
             return None
-        if tag == "img" and attribute == "src" and image_proxy:
+        if image_proxy and (tag, attribute) in (("img", "src"), ("video", "poster")):
             return proxy_image(url, image_proxy)
         return url
 
@@ -130,11 +133,21 @@ def sanitize_html(fragment: str, base: str, image_proxy: str | None = None) -> s
     )
 
 
+# Tags that separate words: the text on either side of them is not one word.
+_BREAKS = re.compile(
+    r"<(?=/?(?:address|article|aside|blockquote|br|dd|div|dl|dt|figcaption|figure|footer|"
+    r"h[1-6]|header|hr|img|li|main|nav|ol|p|pre|section|table|td|th|tr|ul)\b)",
+    re.IGNORECASE,
+)
+
+
 def html_to_text(fragment: str) -> str:
-    """The text of an HTML fragment, tags dropped and entities decoded."""
+    """The text of an HTML fragment, tags dropped and entities decoded; block elements
+    and line breaks become spaces (``<p>18:15</p><p>Weekends</p>`` is two words)."""
     if "<" not in fragment and "&" not in fragment:
         return fragment
-    return html.unescape(nh3.clean(fragment, tags=set(), clean_content_tags={"script", "style"}))
+    spaced = _BREAKS.sub(" <", fragment) if "<" in fragment else fragment
+    return html.unescape(nh3.clean(spaced, tags=set(), clean_content_tags={"script", "style"}))
 
 
 # Characters XML 1.0 cannot carry (C0 controls other than tab/newline/return,

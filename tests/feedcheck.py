@@ -16,7 +16,10 @@ NS = {
     "atom": "http://www.w3.org/2005/Atom",
     "content": "http://purl.org/rss/1.0/modules/content/",
     "dc": "http://purl.org/dc/elements/1.1/",
+    "itunes": "http://www.itunes.com/dtds/podcast-1.0.dtd",
+    "media": "http://search.yahoo.com/mrss/",
 }
+HTTP = ("http://", "https://")
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 FORBIDDEN_TAGS = {
     "script",
@@ -41,7 +44,7 @@ def assert_inert_html(html: str) -> None:
         for name, value in tag.attrs.items():
             assert not name.lower().startswith("on"), (name, html[:300])
             text = " ".join(value) if isinstance(value, list) else str(value)
-            if name in {"href", "src", "cite"}:
+            if name in {"href", "src", "cite", "poster"}:
                 assert text.startswith(("http://", "https://", "mailto:")), (name, text)
             if name == "style":
                 assert "(" not in text and "\\" not in text, text
@@ -71,6 +74,13 @@ def check_rss(path: Path) -> list[dict[str, Any]]:
         content = item.findtext("content:encoded", namespaces=NS)
         assert content is not None
         assert_inert_html(content)
+        enclosures = item.findall("enclosure")
+        assert len(enclosures) <= 1, "RSS allows one enclosure per item"
+        for enclosure in enclosures:
+            assert enclosure.get("url", "").startswith(HTTP)
+            assert enclosure.get("length", "").isdigit() and "/" in enclosure.get("type", "")
+        for media in item.findall("media:content", NS) + item.findall("media:thumbnail", NS):
+            assert media.get("url", "").startswith(HTTP)
         source = item.find("source")
         if source is not None:
             assert source.get("url", "").startswith(("http://", "https://")) and source.text
@@ -100,6 +110,9 @@ def check_atom(path: Path) -> list[dict[str, Any]]:
         assert_inert_html(content.text or "")
         link = entry.find("atom:link", NS)
         assert link is not None and link.get("href", "").startswith(("http://", "https://"))
+        for enclosure in entry.findall("atom:link[@rel='enclosure']", NS):
+            assert enclosure.get("href", "").startswith(HTTP) and "/" in enclosure.get("type", "")
+            assert enclosure.get("length", "0").isdigit()
         entries.append({"id": entry_id, "title": entry.findtext("atom:title", namespaces=NS)})
     return entries
 
@@ -113,12 +126,51 @@ def check_json(path: Path) -> list[dict[str, Any]]:
         assert RFC3339.fullmatch(item["date_published"])
         assert item["authors"][0]["name"]
         assert_inert_html(item["content_html"])
+        for attachment in item.get("attachments", []):
+            assert attachment["url"].startswith(HTTP) and "/" in attachment["mime_type"]
     return list(feed["items"])
+
+
+_DURATION = re.compile(r"\d+|(\d+:)?[0-5]?\d:[0-5]\d")
+
+
+def check_itunes(path: Path, *, require_channel: bool = False) -> None:
+    """The iTunes fields of an RSS feed are what podcast directories accept; with
+    ``require_channel``, the feed has what they require of a podcast."""
+    channel = ET.parse(path).getroot().find("channel")
+    assert channel is not None
+
+    def it(node: ET.Element, name: str) -> ET.Element | None:
+        return node.find(f"itunes:{name}", NS)
+
+    image = it(channel, "image")
+    if image is not None:
+        assert image.get("href", "").startswith(HTTP)
+        assert image.get("href", "").split("?")[0].endswith((".jpg", ".png"))
+    for category in channel.findall("itunes:category", NS):
+        assert category.get("text")
+    explicit = it(channel, "explicit")
+    if explicit is not None:
+        assert explicit.text in ("yes", "no", "clean", "true", "false")
+    if require_channel:
+        assert image is not None and explicit is not None and channel.findtext("language")
+        assert channel.findall("itunes:category", NS) and it(channel, "author") is not None
+    for item in channel.findall("item"):
+        if require_channel:
+            assert item.find("enclosure") is not None and item.findtext("guid")
+        duration = item.findtext("itunes:duration", namespaces=NS)
+        assert duration is None or _DURATION.fullmatch(duration), duration
+        for name in ("episode", "season"):
+            value = item.findtext(f"itunes:{name}", namespaces=NS)
+            assert value is None or (value.isdigit() and int(value) > 0), (name, value)
+        kind = item.findtext("itunes:episodeType", namespaces=NS)
+        assert kind in (None, "full", "trailer", "bonus")
 
 
 def check_outputs(root: Path) -> int:
     """Validate feed.xml, atom.xml and feed.json of ``root``; return the item count."""
     rss = check_rss(root / "feed.xml")
+    check_itunes(root / "feed.xml")
     atom = check_atom(root / "atom.xml")
     items = check_json(root / "feed.json")
     assert len(rss) == len(atom) == len(items)

@@ -144,12 +144,21 @@ def test_site_files_an_earlier_version_shipped_unchanged_are_brought_up_to_date(
     assert b"future: true" in (tmp_path / "_config.yml").read_bytes()
 
 
-def test_the_repository_archive_ships_the_site_files() -> None:
-    from aggregator.site import SITE_FILES
+def test_the_site_files_have_one_home(tmp_path: Path) -> None:
+    """The package holds the site's files; the repository's archive/ does not carry a
+    second copy: the first publish writes them (as into any new archive)."""
+    from aggregator.site import SITE_FILES, install_site
 
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        tracked = subprocess.run(
+            ["git", "ls-files", "archive"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert tracked == ["archive/.gitkeep"]
+    assert install_site(tmp_path) == list(SITE_FILES)
     package = ROOT / "aggregator" / "site"
     for name in SITE_FILES:
-        assert (ROOT / "archive" / name).read_bytes() == (package / name).read_bytes(), name
+        assert (tmp_path / name).read_bytes() == (package / name).read_bytes(), name
+    assert install_site(tmp_path) == []  # written once; edits are the user's
 
 
 def _jekyll() -> str:
@@ -173,10 +182,14 @@ def test_jekyll_builds_the_archive(tmp_path: Path, farm: Farm, clock: StepClock)
     script = rss([{"title": "Known by a script GUID", "guid": "javascript://%0Aalert(1)"}])
     farm.routes["/script"] = Answer(200, script, RSS)
     farm.routes["/ahead"] = Answer(200, rss([{"title": "Ahead", "link": "https://a.example/"}]))
+    for name in ("podcast.xml", "youtube.xml"):
+        farm.routes["/" + name] = Answer(200, (DATA / "media" / name).read_bytes())
     feeds = [
         {"url": farm.url("/seed"), "name": "美国之音", "tags": ["中文", "world"]},
         {"url": farm.url("/hostile"), "name": "Odd: names"},
         {"url": farm.url("/script"), "name": "Script"},
+        {"url": farm.url("/podcast.xml")},
+        {"url": farm.url("/youtube.xml")},
     ]
     config = load_config(write_config(tmp_path, feeds))
     run_pass(config, clock=clock)
@@ -206,14 +219,24 @@ def test_jekyll_builds_the_archive(tmp_path: Path, farm: Farm, clock: StepClock)
             page.find("hr") is not None and "——" not in page.get_text()
         )  # the rule under the link
         source = page.find("a", class_="source")
-        if post.source.startswith("https://"):
+        if post.source.startswith(("http://", "https://")):
             assert source is not None and source["href"] == post.source
         else:  # only http(s) is linked
-            assert post.source == "javascript://%0Aalert(1)" and source is None
+            assert source is None
+        # What the item carries: a player for its audio, its picture, its people.
+        for enclosure in post.enclosures:
+            assert page.find("audio", src=enclosure.url) is not None, path
+            assert page.find("a", href=enclosure.url) is not None, path
+        if post.image and not post.enclosures:
+            assert page.find("img", src=post.image) is not None, path
+        for person in post.item_authors:
+            assert person in page.get_text()
         text = page.get_text()
         first_words = BeautifulSoup(post.content, "html.parser").get_text().split()[:3]
         assert " ".join(first_words) in " ".join(text.split())
     assert any(p.archived > datetime.now(UTC) for p in posts.values())  # and it is built
+    assert sum(len(p.enclosures) for p in posts.values()) == 3  # the podcast's episodes
+    assert sum(1 for p in posts.values() if p.image and not p.enclosures) == 2  # the videos
     for html in out.rglob("*.html"):
         for element in BeautifulSoup(html.read_text(), "html.parser").find_all(href=True):
             assert element["href"].split(":")[0].lower() not in ("javascript", "data"), html
