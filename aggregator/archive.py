@@ -470,6 +470,7 @@ class Archive:
                 archived=post.archived.astimezone(UTC),
                 author=post.author,
                 link=post.link,
+                placed=post.placed,
             )
         self.state.replace_items(records.values())
         return len(records), problems

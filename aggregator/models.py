@@ -38,9 +38,18 @@ def parse_time(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
-def sort_date(published: datetime | None, archived: datetime) -> datetime:
-    """An item's place in the merged feed: its own date, unless absent or in the future."""
-    return archived if published is None or published > archived else published
+def sort_date(
+    published: datetime | None, archived: datetime, placed: datetime | None = None
+) -> datetime:
+    """An item's place in the merged feed: its own date, unless absent or in the future.
+
+    ``placed``: for an item its source did not date, the newest date its feed gives its
+    other items: an undated item is not put above them (nor above the items of other
+    feeds dated after them) just because it was archived now.
+    """
+    if published is None:
+        return min(placed, archived) if placed is not None else archived
+    return archived if published > archived else published
 
 
 def newest(dates: list[datetime | None], limit: int) -> list[int]:
@@ -293,10 +302,11 @@ class Post:
     digest: str = ""  # of what the source said; a change is an edit
     source_updated: datetime | None = None  # the source's own date of its last change
     aliases: tuple[str, ...] = ()  # earlier keys of the same item (a key scheme changed)
+    placed: datetime | None = None  # undated: the newest date of its feed's other items
 
     @property
     def sort_date(self) -> datetime:
-        return sort_date(self.published, self.archived)
+        return sort_date(self.published, self.archived, self.placed)
 
     @property
     def text(self) -> str:

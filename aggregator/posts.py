@@ -47,6 +47,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The keys a post may carry after the reference post's, in this order.
 EXTRA_KEYS = (
     "updated",  # when the post was rewritten for an edit at the source
+    "placed",  # undated item: the newest date of its feed's other items (see sort_date)
     "item_authors",  # the item's own people, when the feed names them
     "item_categories",  # the item's own categories
     "image",  # its picture (media:thumbnail, itunes:image, JSON Feed image)
@@ -224,6 +225,8 @@ def _extra_keys(post: Post) -> str:
     lines = []
     if post.updated:
         lines.append(f"updated: {format_time(post.updated)}")
+    if post.placed and not post.published:
+        lines.append(f"placed: {format_time(post.placed)}")
     if post.item_authors:
         lines.append(f"item_authors: {_flow_list(post.item_authors)}")
     if post.item_categories:
@@ -261,11 +264,12 @@ def _flow_media(media: Media) -> str:
 
 
 def digest_of(post: Post) -> str:
-    """A hash of what the source said of the item (not of when or where it is archived):
-    when it changes, the source edited the item."""
+    """A hash of what the source said of the item: when it changes, the source edited it.
+    Not of when or where it is archived, nor of its URL (a move to https is no edit)."""
     said = dataclasses.replace(
-        post, archived=_EPOCH, updated=None, author="", tags=(), categories=()
-    )
+        post, archived=_EPOCH, updated=None, placed=None, author="", tags=(), categories=(),
+        source="", link="",
+    )  # fmt: skip
     return hashlib.sha256(render_post(said).encode()).hexdigest()[:32]
 
 
@@ -295,6 +299,7 @@ def read_post(text: str, path: str) -> Post:
         tags=_strings(meta.get("tags")),
         categories=_strings(meta.get("categories")),
         updated=_aware(meta.get("updated")),
+        placed=_aware(meta.get("placed")),
         item_authors=_strings(meta.get("item_authors")),
         item_categories=_strings(meta.get("item_categories")),
         image=_url(meta.get("image")),

@@ -95,12 +95,14 @@ def make_post(
     site_link: str,
     image_proxy: str | None = None,
     identity: tuple[str, tuple[str, ...]] | None = None,
+    placed: datetime | None = None,
 ) -> Post:
     """Turn one entry of the feed named ``name`` into a post archived at ``archived``.
 
     ``site_link`` is where the post's link points when the item has no http(s) URL
     of its own (the feed's web site). ``identity``: :func:`item_identity` of the entry
-    as the feed gave it, before the feed's options changed its title or text.
+    as the feed gave it, before the feed's options changed its title or text. ``placed``:
+    the newest date the feed gives its other items (see :func:`sort_date`).
     """
     archived = truncate_ms(archived)
     title = entry.title or fallback_title(entry)
@@ -130,5 +132,6 @@ def make_post(
         episode=entry.episode,
         source_updated=entry.updated,
         aliases=tuple(key_for(a) for a in aliases),
+        placed=truncate_ms(placed) if placed and not entry.published else None,
     )
     return dataclasses.replace(post, digest=digest_of(post))

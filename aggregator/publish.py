@@ -20,7 +20,7 @@ from feedgen.feed import FeedGenerator
 from aggregator import __version__
 from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE, Archive, write_file_atomic
 from aggregator.errors import ArchiveError
-from aggregator.models import Config, Episode, Media, Podcast, Post, sort_date
+from aggregator.models import Config, Episode, Media, Podcast, Post
 from aggregator.sanitize import html_to_text, xml_safe
 from aggregator.site import TAGS_DIR, config_tags, install_site, write_site_data
 from aggregator.state import ItemRecord
@@ -157,7 +157,7 @@ def _item(post: Post, key: str, feed_url: str | None, site: str) -> _Item:
     # to the site. Identifiers keep the schemes readers expect of them.
     link = next((u for u in (xml_safe(post.link), source) if is_http_url(u)), site)
     name = xml_safe(post.author) or "unknown"
-    date = sort_date(post.published, post.archived)
+    date = post.sort_date
     tags = [t for t in post.tags if t != post.author]
     return _Item(
         key=key,

@@ -122,6 +122,11 @@ class ItemRecord:
     archived: datetime
     author: str | None = None
     link: str | None = None  # http(s)
+    placed: datetime | None = None  # see models.sort_date
+
+    @property
+    def sort_date(self) -> datetime:
+        return sort_date(self.published, self.archived, self.placed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +443,7 @@ class State:
             (
                 p.title,
                 format_time(p.published) if p.published else None,
-                format_time(sort_date(p.published, p.archived)),
+                format_time(p.sort_date),
                 p.digest,
                 revisions,
                 format_time(p.source_updated) if p.source_updated else None,
@@ -563,7 +568,7 @@ def _item_row(r: ItemRecord | Post, *, pending: bool) -> tuple[object, ...]:
         r.title,
         format_time(r.published) if r.published else None,
         format_time(r.archived),
-        format_time(sort_date(r.published, r.archived)),
+        format_time(r.sort_date),
         r.path,
         int(pending),
         r.author,

@@ -57,6 +57,7 @@ def prepare(job: Job) -> Prepared:
     name = job.name or parsed.title or job.fallback_name
     site = parsed.link or job.feed_url
     entries = [e for e in reversed(parsed.entries) if not is_junk(e)]
+    newest_date = max((e.published for e in entries if e.published), default=None)
     identities = [item_identity(e) for e in entries]  # before the options change the text
     shaped = (
         entries if job.rules == ItemRules() else [apply_rules(e, job.rules, name) for e in entries]
@@ -71,6 +72,7 @@ def prepare(job: Job) -> Prepared:
             site_link=site,
             image_proxy=job.image_proxy,
             identity=identity,
+            placed=newest_date,
         )
         for entry, identity in zip(shaped, identities, strict=True)
         if entry is not None
