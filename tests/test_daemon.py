@@ -4,6 +4,7 @@ with a real feed reader (lemon24/reader) as the subscriber."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -277,3 +278,72 @@ def test_serve_command_serves_an_archive_without_polling(tmp_path: Path, farm: F
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def _gpo() -> str:
+    gpo = shutil.which("gpo")
+    if gpo is None:
+        if os.environ.get("CI"):
+            pytest.fail("gPodder's gpo is not installed, but .ci/run installs it")
+        pytest.skip("gPodder is not installed (Debian: apt-get install gpodder)")
+    return gpo
+
+
+def test_a_podcast_client_downloads_an_episode_from_a_tag_feed(tmp_path: Path, farm: Farm) -> None:
+    """gPodder subscribes to the daemon's per-tag feed of a podcast and downloads the
+    episode's audio, byte for byte, from where the source published it."""
+    gpo = _gpo()
+    audio = bytes(range(256)) * 40 + b"ID3-end"
+    farm.routes["/media/ep1.mp3"] = Answer(200, audio, {"Content-Type": "audio/mpeg"})
+    enclosure = farm.url("/media/ep1.mp3")
+    show = (
+        '<?xml version="1.0" encoding="UTF-8"?><rss version="2.0" '
+        'xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd"><channel>'
+        "<title>Loopback Show</title><link>http://127.0.0.1/</link><description>d</description>"
+        '<item><title>Episode One</title><guid isPermaLink="false">loop-ep-1</guid>'
+        "<pubDate>Wed, 01 May 2024 10:00:00 GMT</pubDate><description>Notes</description>"
+        f'<enclosure url="{enclosure}" length="{len(audio)}" type="audio/mpeg"/>'
+        "<itunes:duration>00:01:05</itunes:duration></item></channel></rss>"
+    ).encode()
+    farm.routes["/show"] = Answer(200, show, {"Content-Type": "application/rss+xml"})
+    port = free_port()
+    config = tmp_path / "feeds.yaml"
+    config.write_text(
+        f"title: Pods\nlink: http://127.0.0.1:{port}/\n"
+        f"serve: {{host: 127.0.0.1, port: {port}}}\n"
+        "tags:\n  podcasts:\n    podcast: {author: Me, email: me@example.org, "
+        "image: 'http://127.0.0.1/cover.png', category: Technology, explicit: false, "
+        "language: en}\n"
+        f"feeds:\n  - url: {farm.url('/show')}\n    tags: [podcasts]\n"
+    )
+    running = Running(config, port, tmp_path / "daemon.log")
+    home, downloads = tmp_path / "gpodder", tmp_path / "downloads"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env |= {"GPODDER_HOME": str(home), "GPODDER_DOWNLOAD_DIR": str(downloads),
+            "GPODDER_WRITE_LOGS": "no", "GPODDER_DISABLE_EXTENSIONS": "1",
+            "HOME": str(tmp_path), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}  # fmt: skip
+
+    def client(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [gpo, "-q", *args], env=env, capture_output=True, text=True, timeout=120,
+            stdin=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr  # (gpo says 0 for most failures: see below)
+        assert "not found" not in done.stderr and "ERROR" not in done.stderr, done.stderr
+        return done
+
+    try:
+        tagged = "/tags/podcasts/feed.xml"
+        wait_for(lambda: (r := running.get(tagged)) is not None and b"loop-ep-1" in r.content,
+                 "the tag's podcast feed")  # fmt: skip
+        subscribed = client("subscribe", running.base + tagged)
+        assert "Successfully added" in subscribed.stdout
+        assert "1 episodes downloaded." in client("download").stdout
+        files = [p for p in downloads.rglob("*") if p.is_file()]
+        assert [p.name for p in files] == ["ep1.mp3"], files  # no .partial left
+        assert files[0].read_bytes() == audio
+        assert farm.requests_to("/media/ep1.mp3"), "fetched from where the source put it"
+        assert "▉" in client("episodes").stdout  # gPodder counts it downloaded
+    finally:
+        running.proc.send_signal(signal.SIGINT)
+        assert running.proc.wait(timeout=30) == 0
