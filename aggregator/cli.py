@@ -303,7 +303,7 @@ def add(args: argparse.Namespace) -> int:
       aggregator add https://example.org/feed.xml --name "Example" --interval 2h
     """
     from aggregator.config import resolve_config_path  # noqa: PLC0415
-    from aggregator.sources import add_feed  # noqa: PLC0415
+    from aggregator.sources.feedsfile import add_feed  # noqa: PLC0415
     from aggregator.timing import parse_duration  # noqa: PLC0415
 
     path = resolve_config_path(args.config)
@@ -340,7 +340,7 @@ def remove(args: argparse.Namespace) -> int:
     Example: aggregator remove "BBC World"
     """
     from aggregator.config import resolve_config_path  # noqa: PLC0415
-    from aggregator.sources import remove_feed  # noqa: PLC0415
+    from aggregator.sources.feedsfile import remove_feed  # noqa: PLC0415
 
     _load(args.config)
     path = resolve_config_path(args.config)
@@ -361,7 +361,7 @@ def import_opml(args: argparse.Namespace) -> int:
     Example: aggregator import-opml ~/Downloads/subscriptions.opml
     """
     from aggregator.config import resolve_config_path  # noqa: PLC0415
-    from aggregator.sources import import_opml as do_import  # noqa: PLC0415
+    from aggregator.sources.opml import import_opml as do_import  # noqa: PLC0415
 
     path = resolve_config_path(args.config)
     if path.exists():
@@ -382,7 +382,7 @@ def export_opml(args: argparse.Namespace) -> int:
     Tags become each outline's category. Example: aggregator export-opml > feeds.opml
     """
     from aggregator.archive import read_index  # noqa: PLC0415
-    from aggregator.sources import export_opml as do_export  # noqa: PLC0415
+    from aggregator.sources.opml import export_opml as do_export  # noqa: PLC0415
 
     cfg = _load(args.config)
     names: dict[str, str] = {}

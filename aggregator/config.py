@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,21 +236,74 @@ def _mapping(fields: dict[str, tuple[Check, Any]]) -> Check:
     return check
 
 
-_FEED = _mapping(
-    {
-        "url": (_simple(_http_url), _REQUIRED),
-        "name": (_simple(_text), None),
-        "tags": (_list_of(_simple(_text)), ()),
-        "interval": (_simple(_duration), None),
-        "title": (_simple(_title_template), "{title}"),
-        "include": (_simple(_regex), None),
-        "exclude": (_simple(_regex), None),
-        "strip": (_list_of(_simple(_css_selector)), ()),
-        "image_proxy": (_simple(_feed_image_proxy), KEEP_GLOBAL),
-        "full_content": (_simple(_boolean), True),
-        "updates": (_simple(_boolean), True),
-    }
-)
+@dataclass(frozen=True, slots=True)
+class FeedKey:
+    """One key of a feed's entry in feeds.yaml, declared once: its check and default, how
+    a :class:`FeedSource` says it, and how an OPML outline carries it (``add``,
+    ``import-opml`` and ``export-opml`` all go through this declaration)."""
+
+    key: str
+    check: Check
+    default: Any
+    # The value feeds.yaml would give it for this source, None when it is the default.
+    said: Callable[[FeedSource, Config], Any]
+    opml: str | None = None  # the outline attribute that carries it (None: OPML's own)
+    to_text: Callable[[Any], str] = str
+    from_text: Callable[[str], Any] = str
+
+
+def _flag_text(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def _flag_value(text: str) -> bool:
+    return text.strip() == "true"
+
+
+def _proxy_said(source: FeedSource, _: Config) -> Any:
+    proxy = source.rules.image_proxy
+    return None if proxy == KEEP_GLOBAL else (proxy or False)
+
+
+FEED_KEYS = (
+    FeedKey("url", _simple(_http_url), _REQUIRED, lambda s, _: s.url),
+    FeedKey("name", _simple(_text), None, lambda s, _: s.name),
+    FeedKey("tags", _list_of(_simple(_text)), (), lambda s, _: list(s.tags) or None),
+    FeedKey(
+        "interval", _simple(_duration), None,
+        lambda s, c: format_duration(s.interval) if s.interval != c.interval else None,
+        opml="interval",
+    ),
+    FeedKey(
+        "title", _simple(_title_template), "{title}",
+        lambda s, _: s.rules.title if s.rules.title != "{title}" else None,
+        opml="title_template",
+    ),
+    FeedKey("include", _simple(_regex), None, lambda s, _: s.rules.include, opml="include"),
+    FeedKey("exclude", _simple(_regex), None, lambda s, _: s.rules.exclude, opml="exclude"),
+    FeedKey(
+        "strip", _list_of(_simple(_css_selector)), (),
+        lambda s, _: list(s.rules.strip) or None, opml="strip",
+        to_text="\n".join, from_text=lambda text: [p for p in text.split("\n") if p.strip()],
+    ),
+    FeedKey(
+        "image_proxy", _simple(_feed_image_proxy), KEEP_GLOBAL, _proxy_said, opml="image_proxy",
+        to_text=lambda v: v or "false", from_text=lambda text: False if text == "false" else text,
+    ),
+    FeedKey(
+        "full_content", _simple(_boolean), True,
+        lambda s, _: False if not s.rules.full_content else None,
+        "full_content", _flag_text, _flag_value,
+    ),
+    FeedKey(
+        "updates", _simple(_boolean), True, lambda s, _: False if not s.updates else None,
+        "updates", _flag_text, _flag_value,
+    ),
+)  # fmt: skip
+FEED_KEY_NAMES = tuple(k.key for k in FEED_KEYS)
+_FEED = _mapping({k.key: (k.check, k.default) for k in FEED_KEYS})
+
+
 _PODCAST = _mapping(
     {
         "author": (_simple(_text), None),

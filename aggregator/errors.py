@@ -69,3 +69,7 @@ class IndexDamaged(ArchiveError):
 
 class ConfigUnreadable(ConfigError):
     """feeds.yaml exists (or may) but could not be read right now: worth reading again."""
+
+
+class SourcesError(AggregatorError):
+    """An add, remove or import that cannot be done; the message says why and what to do."""

@@ -41,7 +41,7 @@ from aggregator.health import INDEX, PUBLISH, feed_rows, report
 from aggregator.metrics import CONTENT_TYPE, Metrics
 from aggregator.models import Config, FeedStatus
 from aggregator.site import TAGS_DIR, Tag, config_tags
-from aggregator.sources import export_opml
+from aggregator.sources.opml import export_opml
 from aggregator.state import State
 from aggregator.timing import http_date
 from aggregator.urls import is_http_url

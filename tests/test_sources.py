@@ -10,15 +10,10 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from aggregator.config import load_config
-from aggregator.sources import (
-    SourcesError,
-    add_feed,
-    discover_links,
-    export_opml,
-    import_opml,
-    read_opml,
-    remove_feed,
-)
+from aggregator.errors import SourcesError
+from aggregator.sources.discover import discover_links
+from aggregator.sources.feedsfile import add_feed, remove_feed
+from aggregator.sources.opml import export_opml, import_opml, read_opml
 from tests.farm import Answer, Farm, rss
 from tests.test_cli import aggregator
 
@@ -206,7 +201,7 @@ def test_opml_round_trip_loses_nothing(tmp_path: Path) -> None:
         '  - url: https://a.example/feed\n    name: "A: first"\n    tags: [tech, 新闻]\n'
         '  - url: https://b.example/rss\n    interval: 2h\n    title: "[B] {title}"\n'
         '    include: python|rust\n    exclude: (?i)sponsored\n    strip: [div.ad, "p > .promo, footer"]\n'
-        "    image_proxy: false\n    full_content: false\n"
+        "    image_proxy: false\n    full_content: false\n    updates: false\n"
         '  - url: https://c.example/atom\n    image_proxy: "https://img.example/?u={url}"\n'
     )
     config = load_config(source)
