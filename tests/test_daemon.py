@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+import feedparser
 import httpx
 import pytest
 
@@ -344,6 +345,62 @@ def test_a_podcast_client_downloads_an_episode_from_a_tag_feed(tmp_path: Path, f
         assert files[0].read_bytes() == audio
         assert farm.requests_to("/media/ep1.mp3"), "fetched from where the source put it"
         assert "▉" in client("episodes").stdout  # gPodder counts it downloaded
+    finally:
+        running.proc.send_signal(signal.SIGINT)
+        assert running.proc.wait(timeout=30) == 0
+
+
+def test_media_feeds_come_out_complete_in_a_feed_reader(tmp_path: Path, farm: Farm) -> None:
+    """A podcast, a YouTube channel and a news feed with pictures go through
+    `aggregator run`; a feed reader subscribed to the merged feed gets every episode's
+    audio, the item's own people, and (in the feed) each picture."""
+    from reader import make_reader
+
+    data = Path(__file__).resolve().parent / "data" / "media"
+    names = ("podcast.xml", "youtube.xml", "news-media.xml")
+    for name in names:
+        farm.routes["/" + name] = Answer(200, (data / name).read_bytes())
+    port = free_port()
+    config = tmp_path / "feeds.yaml"
+
+    def write(feeds: tuple[str, ...]) -> None:
+        config.write_text(
+            f"title: Media\nlink: http://127.0.0.1:{port}/\n"
+            f"serve: {{host: 127.0.0.1, port: {port}}}\n"
+            "feeds:\n" + "".join(f"  - url: {farm.url('/' + n)}\n" for n in feeds)
+        )
+
+    write(names[:1])
+    running = Running(config, port, tmp_path / "daemon.log")
+    try:
+        wait_for(lambda: len(running.atom_titles()) == 3, "the podcast in /atom.xml")
+        write(names)  # feeds added to a running daemon are polled at once
+        wait_for(lambda: len(running.atom_titles()) == 8, "the 8 items in /atom.xml", 30)
+        reader = make_reader(str(tmp_path / "reader.sqlite"))
+        for path in ("/atom.xml", "/feed.xml"):
+            reader.add_feed(running.base + path)
+        updated = dict(reader.update_feeds_iter())
+        assert all(not isinstance(v, Exception) for v in updated.values()), updated
+        for path in ("/atom.xml", "/feed.xml"):
+            entries = {e.title: e for e in reader.get_entries(feed=running.base + path)}
+            assert len(entries) == 8, path
+            episode = entries["Ep. 42: Worms Are Underrated"]
+            assert [(x.href, x.type, x.length) for x in episode.enclosures] == [
+                ("http://127.0.0.1:8000/podcast/media/ep042.mp3", "audio/mpeg", 48213760)
+            ], path
+            assert "Maya Okonkwo" in (episode.authors_str or ""), path
+            news = entries["Council approves library extension"]
+            # The item's own people, not its source's name (reader shows one of two).
+            assert news.authors_str in ("Ravi Shah", "Ellen Moore"), (path, news.authors_str)
+        reader.close()
+        parsed = feedparser.parse(httpx.get(running.base + "/feed.xml", timeout=10).content)
+        pictures = {e.title: e.get("media_thumbnail", [{}])[0].get("url") for e in parsed.entries}
+        assert pictures["Restoring a 1950s Bench Vise (Full Process)"] == (
+            "https://i3.ytimg.com/vi/dQ9aB3xYz01/hqdefault.jpg"
+        )
+        assert pictures["New footbridge opens after two-year delay"] == (
+            "http://news.example.org/img/2024/03/footbridge-240.jpg"
+        )
     finally:
         running.proc.send_signal(signal.SIGINT)
         assert running.proc.wait(timeout=30) == 0

@@ -80,3 +80,25 @@ def test_html_to_text_and_xml_safe() -> None:
     assert html_to_text("A &lt;b&gt; <b>bold</b> &amp; <script>x</script>") == "A <b> bold & "
     assert html_to_text("plain") == "plain"
     assert xml_safe("a\x00b\x1fc\td\ne\ufffe") == "abc\td\ne"
+
+
+def test_audio_and_video_keep_their_player_never_their_scripts() -> None:
+    html = (
+        '<audio controls autoplay src="/a.mp3" onplay="steal()"><source src="javascript:x"'
+        ' type="audio/mpeg"><source src="b.ogg" type="audio/ogg"></audio>'
+        '<video controls poster="p.jpg" src="data:video/mp4;base64,AAAA"><source src="v.mp4"></video>'
+    )
+    out = clean(html, "https://p.ex/?url={url}")
+    assert out == (
+        '<audio controls="" src="https://ex.com/a.mp3"><source type="audio/mpeg">'
+        '<source src="https://ex.com/blog/b.ogg" type="audio/ogg"></audio>'
+        '<video controls="" poster="https://p.ex/?url=ex.com/blog/p.jpg">'
+        '<source src="https://ex.com/blog/v.mp4"></video>'
+    )
+    assert_inert_html(out)
+
+
+def test_text_keeps_the_spaces_that_markup_made() -> None:
+    assert " ".join(html_to_text("<p>18:15</p><p>Weekends</p>").split()) == "18:15 Weekends"
+    assert " ".join(html_to_text("one<br>two<li>three</li>").split()) == "one two three"
+    assert html_to_text("<b>bo</b>ld <i>it</i>alic") == "bold italic"  # inline: no space
