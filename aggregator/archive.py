@@ -28,7 +28,7 @@ from pathlib import Path
 
 from aggregator.errors import ArchiveError, IndexDamaged
 from aggregator.models import FeedSource, Post
-from aggregator.posts import post_path, read_post, truncate_ms
+from aggregator.posts import post_path, read_post, render_post, truncate_ms
 from aggregator.state import ItemRecord, Known, State
 
 log = logging.getLogger(__name__)
@@ -356,9 +356,10 @@ class Archive:
 
     @staticmethod
     def _rewritten(post: Post, was: Known, now: datetime) -> Post:
-        return dataclasses.replace(
+        revised = dataclasses.replace(
             post, key=was.key, path=was.path, archived=was.archived, updated=truncate_ms(now)
         )
+        return dataclasses.replace(revised, text=render_post(revised))
 
     def _begin(self, posts: Iterable[Post]) -> list[Post]:
         """Step 1 of the write order: the new posts, recorded as pending; their folders."""

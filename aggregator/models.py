@@ -303,14 +303,8 @@ class Post:
     source_updated: datetime | None = None  # the source's own date of its last change
     aliases: tuple[str, ...] = ()  # earlier keys of the same item (a key scheme changed)
     placed: datetime | None = None  # undated: the newest date of its feed's other items
+    text: str = ""  # the whole file (aggregator.posts.render_post), rendered by the worker
 
     @property
     def sort_date(self) -> datetime:
         return sort_date(self.published, self.archived, self.placed)
-
-    @property
-    def text(self) -> str:
-        """The whole file."""
-        from aggregator.posts import render_post  # noqa: PLC0415 -- the format's one home
-
-        return render_post(self)

@@ -10,7 +10,14 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from aggregator.models import Entry, ItemRules, Post
-from aggregator.posts import digest_of, item_identity, key_for, post_path, truncate_ms
+from aggregator.posts import (
+    digest_of,
+    item_identity,
+    key_for,
+    post_path,
+    render_post,
+    truncate_ms,
+)
 from aggregator.sanitize import html_to_text, sanitize_html
 from aggregator.urls import is_http_url, strip_tracking
 
@@ -134,4 +141,4 @@ def make_post(
         aliases=tuple(key_for(a) for a in aliases),
         placed=truncate_ms(placed) if placed and not entry.published else None,
     )
-    return dataclasses.replace(post, digest=digest_of(post))
+    return dataclasses.replace(post, digest=digest_of(post), text=render_post(post))
