@@ -317,13 +317,13 @@ class Archive:
         a kill leaves the old version or the new one.
         """
         candidates = [p for p in posts if p.digest]
-        known = self.state.known(p.key for p in candidates)
+        known = self.state.changed((p.key, p.digest) for p in candidates)
         unrecorded: list[tuple[str, str, datetime | None]] = []
         revised: list[tuple[Post, int]] = []
         capped: list[str] = []
         for post in candidates:
             was = known.get(post.key)
-            if was is None or was.pending or was.digest == post.digest:
+            if was is None or was.pending:
                 continue
             if was.digest is None:  # known before digests were kept: this is its version
                 unrecorded.append((post.key, post.digest, post.source_updated))
@@ -356,8 +356,17 @@ class Archive:
 
     @staticmethod
     def _rewritten(post: Post, was: Known, now: datetime) -> Post:
+        """``post`` as the file it replaces: its path, first archive time, and now as its
+        ``updated`` (re-rendered from the text the worker rendered)."""
+        said = read_post(post.text, was.path)
         revised = dataclasses.replace(
-            post, key=was.key, path=was.path, archived=was.archived, updated=truncate_ms(now)
+            said,
+            key=was.key,
+            feed_url=post.feed_url,
+            archived=was.archived,
+            updated=truncate_ms(now),
+            digest=post.digest,
+            source_updated=post.source_updated,
         )
         return dataclasses.replace(revised, text=render_post(revised))
 

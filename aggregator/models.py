@@ -239,8 +239,10 @@ class Episode:
     explicit: bool | None = None
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.duration, self.number, self.season, self.kind,
-                                           self.explicit))  # fmt: skip
+        return not (
+            self.duration is None and self.number is None and self.season is None
+            and self.kind is None and self.explicit is None
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +290,7 @@ class Post:
     source: str  # the front matter's ``from``: what identifies the item at its source
     published: datetime | None
     archived: datetime
-    content: str  # sanitized HTML
+    content: str  # sanitized HTML ("" in a post a worker sent: its text holds it)
     author: str = ""  # the source's name, as the post says
     tags: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()

@@ -265,11 +265,18 @@ def _flow_media(media: Media) -> str:
 def digest_of(post: Post) -> str:
     """A hash of what the source said of the item: when it changes, the source edited it.
     Not of when or where it is archived, nor of its URL (a move to https is no edit)."""
-    said = (
-        post.title, post.published, post.content, post.item_authors, post.item_categories,
-        post.image, post.enclosures, post.media, post.episode,
-    )  # fmt: skip
-    return hashlib.sha256(repr(said).encode()).hexdigest()[:32]
+    digest = hashlib.sha256(post.content.encode())
+    digest.update(f"\0{post.title}\0{post.published}".encode())
+    if (  # most items carry none of these: no repr for them
+        post.item_authors or post.item_categories or post.image or post.enclosures
+        or post.media or post.episode
+    ):  # fmt: skip
+        carried = (
+            post.item_authors, post.item_categories, post.image, post.enclosures, post.media,
+            post.episode,
+        )  # fmt: skip
+        digest.update(repr(carried).encode())
+    return digest.hexdigest()[:32]
 
 
 # Reading ------------------------------------------------------------------------------

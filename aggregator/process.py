@@ -103,6 +103,7 @@ def make_post(
     image_proxy: str | None = None,
     identity: tuple[str, tuple[str, ...]] | None = None,
     placed: datetime | None = None,
+    keep_content: bool = True,
 ) -> Post:
     """Turn one entry of the feed named ``name`` into a post archived at ``archived``.
 
@@ -110,20 +111,22 @@ def make_post(
     of its own (the feed's web site). ``identity``: :func:`item_identity` of the entry
     as the feed gave it, before the feed's options changed its title or text. ``placed``:
     the newest date the feed gives its other items (see :func:`sort_date`).
+    ``keep_content=False``: the post's ``content`` is left empty once its ``text`` is
+    rendered (what the archive needs; the workers send posts to the main process).
     """
     archived = truncate_ms(archived)
     title = entry.title or fallback_title(entry)
     source, aliases = identity or item_identity(entry)
-    if is_http_url(source):
+    linked = is_http_url(source)
+    if linked:
         source = strip_tracking(source)
     key = key_for(source)
-    link = source if is_http_url(source) else site_link
     post = Post(
         key=key,
         path=post_path(archived, title, key),
         feed_url=feed_url,
         title=title,
-        link=link,
+        link=source if linked else site_link,
         source=source,
         published=entry.published,
         archived=archived,
@@ -141,4 +144,9 @@ def make_post(
         aliases=tuple(key_for(a) for a in aliases),
         placed=truncate_ms(placed) if placed and not entry.published else None,
     )
-    return dataclasses.replace(post, digest=digest_of(post), text=render_post(post))
+    # Completed before anyone sees it (dataclasses.replace would cost more than the render).
+    object.__setattr__(post, "digest", digest_of(post))
+    object.__setattr__(post, "text", render_post(post))
+    if not keep_content:  # its text holds it: not sent from the worker twice
+        object.__setattr__(post, "content", "")
+    return post

@@ -408,15 +408,19 @@ class State:
         """The subset of ``keys`` already archived (or being archived)."""
         return self._existing("key", keys)
 
-    def known(self, keys: Iterable[str]) -> dict[str, Known]:
-        """What the index knows of those of ``keys`` that are archived."""
-        wanted = list(dict.fromkeys(keys))
+    def changed(self, digests: Iterable[tuple[str, str]]) -> dict[str, Known]:
+        """Of the archived items among (key, digest), those whose digest differs (or was
+        not kept): the index's row of each. Usually none, at the cost of one query."""
+        wanted = list(dict(digests).items())
         found: dict[str, Known] = {}
-        for i in range(0, len(wanted), _BATCH):
-            chunk = wanted[i : i + _BATCH]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT {_KNOWN_COLUMNS} FROM items WHERE key IN ({marks})"  # noqa: S608
-            for row in self._read(query, chunk):
+        for i in range(0, len(wanted), _BATCH // 2):
+            chunk = wanted[i : i + _BATCH // 2]
+            values = ",".join("(?, ?)" for _ in chunk)
+            query = (
+                f"WITH said(k, d) AS (VALUES {values}) SELECT {_KNOWN_COLUMNS} FROM items"  # noqa: S608
+                " JOIN said ON items.key = said.k WHERE items.digest IS NOT said.d"
+            )
+            for row in self._read(query, [v for pair in chunk for v in pair]):
                 found[row[0]] = Known(
                     key=row[0],
                     path=row[1],
@@ -431,6 +435,8 @@ class State:
     def note_digests(self, rows: Iterable[tuple[str, str, datetime | None]]) -> None:
         """(key, digest, source_updated) of items known without a digest (rebuilt, or
         archived by an earlier version): from now on, a change is an edit."""
+        if not (rows := list(rows)):
+            return
         self._write(
             "UPDATE items SET digest = ?, source_updated = ? WHERE key = ?",
             [(d, format_time(u) if u else None, k) for k, d, u in rows],
@@ -463,6 +469,8 @@ class State:
 
     def stop_revising(self, keys: Iterable[str], limit: int) -> None:
         """Items that reached ``limit`` undated rewrites: marked past it (said once)."""
+        if not (keys := list(keys)):
+            return
         self._write("UPDATE items SET revisions = ? WHERE key = ?", [(limit + 1, k) for k in keys])
 
     def paths_taken(self, paths: Iterable[str]) -> set[str]:
@@ -574,7 +582,8 @@ def _item_row(r: ItemRecord | Post, *, pending: bool) -> tuple[object, ...]:
         r.author,
         (r.digest or None) if isinstance(r, Post) else None,
         format_time(r.source_updated) if isinstance(r, Post) and r.source_updated else None,
-        r.link if r.link and is_http_url(r.link) else None,
+        # A post's link is http(s) by construction; a rebuilt record's comes from a file.
+        r.link if isinstance(r, Post) or (r.link and is_http_url(r.link)) else None,
     )
 
 

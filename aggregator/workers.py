@@ -73,6 +73,7 @@ def prepare(job: Job) -> Prepared:
             image_proxy=job.image_proxy,
             identity=identity,
             placed=newest_date,
+            keep_content=False,
         )
         for entry, identity in zip(shaped, identities, strict=True)
         if entry is not None

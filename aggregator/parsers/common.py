@@ -86,7 +86,7 @@ def html_of(detail: Mapping[str, Any]) -> str:
     value = xml_safe(str(detail.get("value") or ""))
     if detail.get("type") not in HTML_TYPES:
         value = html.escape(value, quote=False)
-    if "\n" in value.strip() and "<" not in value:
+    if "<" not in value and "\n" in value.strip():
         value = "<br>\n".join(value.strip().split("\n"))
     return value
 
@@ -136,44 +136,84 @@ def _entry(e: Mapping[str, Any], feed_url: str) -> Entry:
         # feedparser copies a content without summary into the summary: not a summary.
         summary="" if summary == content else summary,
         updated=struct_date(_own(e, "updated_parsed")),
-        authors=names(p.get("name") for p in e.get("authors") or () if isinstance(p, Mapping)),
-        categories=names(
-            t.get("label") or t.get("term") for t in e.get("tags") or () if isinstance(t, Mapping)
-        ),
-        enclosures=_files(
-            media(link.get("href"), where, type=link.get("type"), length=link.get("length"))
-            for link in e.get("links") or ()
-            if isinstance(link, Mapping) and link.get("rel") == "enclosure"
-        ),
-        media=_files(
-            media(
-                m.get("url"),
-                where,
-                type=m.get("type"),
-                length=m.get("filesize"),
-                medium=m.get("medium"),
-                duration=m.get("duration"),
-                width=m.get("width"),
-                height=m.get("height"),
-            )
-            for m in e.get("media_content") or ()
-            if isinstance(m, Mapping)
-        ),
+        authors=_people(e.get("authors")),
+        categories=_categories(e.get("tags")),
+        enclosures=_enclosures(e.get("links"), where),
+        media=_media(e.get("media_content"), where),
         image=_image(e, where),
-        episode=Episode(
-            duration=seconds(e.get("itunes_duration")),
-            number=count(e.get("itunes_episode")),
-            season=count(e.get("itunes_season")),
-            kind=_episode_type(e.get("itunes_episodetype")),
-            explicit=e.get("itunes_explicit")
-            if isinstance(e.get("itunes_explicit"), bool)
-            else None,
-        ),
+        episode=_episode(e) if any(k in e for k in _EPISODE_KEYS) else _NO_EPISODE,
+    )
+
+
+# Each of these is absent from most entries: nothing is built for them then.
+
+
+def _people(people: Any) -> tuple[str, ...]:
+    if not people:
+        return ()
+    return names(p.get("name") for p in people if isinstance(p, Mapping))
+
+
+def _categories(tags: Any) -> tuple[str, ...]:
+    if not tags:
+        return ()
+    return names(t.get("label") or t.get("term") for t in tags if isinstance(t, Mapping))
+
+
+def _enclosures(links: Any, base: str) -> tuple[Media, ...]:
+    if not links:
+        return ()
+    return _files(
+        media(link.get("href"), base, type=link.get("type"), length=link.get("length"))
+        for link in links
+        if isinstance(link, Mapping) and link.get("rel") == "enclosure"
+    )
+
+
+def _media(contents: Any, base: str) -> tuple[Media, ...]:
+    if not contents:
+        return ()
+    return _files(
+        media(
+            m.get("url"),
+            base,
+            type=m.get("type"),
+            length=m.get("filesize"),
+            medium=m.get("medium"),
+            duration=m.get("duration"),
+            width=m.get("width"),
+            height=m.get("height"),
+        )
+        for m in contents
+        if isinstance(m, Mapping)
+    )
+
+
+_EPISODE_KEYS = (
+    "itunes_duration",
+    "itunes_episode",
+    "itunes_season",
+    "itunes_episodetype",
+    "itunes_explicit",
+)
+_NO_EPISODE = Episode()
+
+
+def _episode(e: Mapping[str, Any]) -> Episode:
+    explicit = e.get("itunes_explicit")
+    return Episode(
+        duration=seconds(e.get("itunes_duration")),
+        number=count(e.get("itunes_episode")),
+        season=count(e.get("itunes_season")),
+        kind=_episode_type(e.get("itunes_episodetype")),
+        explicit=explicit if isinstance(explicit, bool) else None,
     )
 
 
 def _image(e: Mapping[str, Any], base: str) -> str | None:
     """The item's picture: its first ``media:thumbnail``, else its ``itunes:image``."""
+    if "media_thumbnail" not in e and "image" not in e:
+        return None
     for thumbnail in e.get("media_thumbnail") or ():
         if isinstance(thumbnail, Mapping) and (url := _url(thumbnail.get("url"), base)):
             return url
