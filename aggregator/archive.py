@@ -314,16 +314,21 @@ class Archive:
         An edit the source dates (a newer ``updated``) is always taken; at most ``limit``
         undated ones per item, so that a feed changing a counter in every item does not
         rewrite its posts for ever. Each file is replaced whole (temp, fsync, rename), so
-        a kill leaves the old version or the new one.
+        a kill leaves the old version or the new one. Only the first entry of a key counts
+        (as for :meth:`store`), and only the feed that archived an item edits its post.
         """
-        candidates = [p for p in posts if p.digest]
+        first: dict[str, Post] = {}
+        for post in posts:
+            if post.digest:
+                first.setdefault(post.key, post)
+        candidates = list(first.values())
         known = self.state.changed((p.key, p.digest) for p in candidates)
         unrecorded: list[tuple[str, str, datetime | None]] = []
         revised: list[tuple[Post, int]] = []
         capped: list[str] = []
         for post in candidates:
             was = known.get(post.key)
-            if was is None or was.pending:
+            if was is None or was.pending or was.feed_url not in (None, post.feed_url):
                 continue
             if was.digest is None:  # known before digests were kept: this is its version
                 unrecorded.append((post.key, post.digest, post.source_updated))

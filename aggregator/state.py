@@ -134,6 +134,7 @@ class Known:
     """What the index knows of an archived item, to tell an edit at the source."""
 
     key: str
+    feed_url: str | None  # the feed that archived it (None: not known since a rebuild)
     path: str
     archived: datetime
     pending: bool
@@ -423,12 +424,13 @@ class State:
             for row in self._read(query, [v for pair in chunk for v in pair]):
                 found[row[0]] = Known(
                     key=row[0],
-                    path=row[1],
-                    archived=parse_time(row[2]),
-                    pending=bool(row[3]),
-                    digest=row[4],
-                    revisions=row[5],
-                    source_updated=parse_time(row[6]) if row[6] else None,
+                    feed_url=row[1],
+                    path=row[2],
+                    archived=parse_time(row[3]),
+                    pending=bool(row[4]),
+                    digest=row[5],
+                    revisions=row[6],
+                    source_updated=parse_time(row[7]) if row[7] else None,
                 )
         return found
 
@@ -561,7 +563,7 @@ class State:
             db.executemany(_INSERT_ITEM, rows)
 
 
-_KNOWN_COLUMNS = "key, path, archived, pending, digest, revisions, source_updated"
+_KNOWN_COLUMNS = "key, feed_url, path, archived, pending, digest, revisions, source_updated"
 _ITEM_COLUMNS = "key, feed_url, title, path, published, archived, link"
 _INSERT_ITEM = (
     "INSERT INTO items (key, feed_url, title, published, archived, sort_date, path, pending,"

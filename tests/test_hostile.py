@@ -21,6 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aggregator.posts import EXTRA_KEYS
 from tests.farm import Answer, Farm, Request, rss
 from tests.feedcheck import assert_inert_html, check_outputs
 from tests.hostile import HOSTILE_NAMES, Case, build
@@ -65,9 +66,10 @@ def assert_archive_is_sound(archive: Path, secret: str) -> int:
     for post in posts:
         text = post.read_text(encoding="utf-8")
         meta = frontmatter.loads(text).metadata
-        assert list(meta) == ["layout", "title", "date", "author", "from", "tags", "categories"], (
-            post
-        )
+        keys = list(meta)
+        assert keys[:7] == ["layout", "title", "date", "author", "from", "tags", "categories"], post
+        # Then only the extra keys of the format, in their order, each when present.
+        assert keys[7:] == [k for k in EXTRA_KEYS if k in keys[7:]], post
         assert meta == yaml.safe_load(text.split("---\n")[1])
         body = text.split("\n------\n", 1)[1]
         assert_inert_html(body)
