@@ -301,3 +301,30 @@ def test_a_kill_during_a_rewrite_loses_nothing(tmp_path: Path, farm: Farm, where
     check_outputs(config.archive)
     titles = [e.title for e in feedparser.parse((config.archive / "feed.xml").read_bytes()).entries]
     assert "Corrected" in titles and "First version" not in titles
+
+
+def test_an_item_listed_twice_or_by_two_feeds_is_no_edit(tmp_path: Path, farm: Farm) -> None:
+    """The first entry of a link is the item: a second one in the same feed, or another
+    feed's version of it, does not rewrite its post (nor make the poll fail)."""
+    twice = rss_items(
+        "<title>One</title><link>https://dup.example/a</link><description>first</description>",
+        "<title>One again</title><link>https://dup.example/a</link><description>2nd</description>",
+    )
+    other = rss_items(
+        "<title>Theirs</title><link>https://dup.example/a</link><description>other</description>"
+    )
+    farm.routes["/ed"] = Answer(200, twice, RSS)
+    farm.routes["/other"] = Answer(200, other, RSS)
+    feeds = [{"url": farm.url("/ed")}, {"url": farm.url("/other")}]
+    clock = StepClock()
+    run_pass(load_config(write_config(tmp_path, feeds[:1])), clock=clock)  # /ed's first
+    config = load_config(write_config(tmp_path, feeds))
+    archived = None
+    for _ in range(3):
+        result = run_pass(config, clock=clock)
+        assert [r.error for r in result.results] == [None, None]
+        assert [r.updated for r in result.results] == [0, 0]
+        (text,) = posts(config).values()
+        assert archived in (None, text)  # never rewritten
+        archived = text
+    assert ("first" in text) != ("2nd" in text) and "other" not in text
