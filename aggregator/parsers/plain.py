@@ -4,8 +4,8 @@ would read it.
 feedparser spends about 0.8 ms on each entry of a typical feed. A well-formed UTF-8
 RSS 2.0 or Atom 1.0 document made only of the elements below is read here with lxml
 instead, into the vocabulary feedparser would have produced (see :mod:`.common`), with
-the same text clean-ups, URL joining, HTML sniffing and date parsing, written here, at
-about a tenth of the cost and without importing feedparser. Anything else (a DOCTYPE,
+the same text clean-ups, URL joining, HTML sniffing and date parsing (:mod:`.mimic`),
+at about a tenth of the cost and without importing feedparser. Anything else (a DOCTYPE,
 xml:base, other encodings, XHTML content, unknown or repeated elements, markup in a
 text element, a date or a name in a form not read here) is left to feedparser:
 :func:`read_plain_xml` returns None. ``tests/test_parse.py`` checks, over feedparser's
@@ -14,15 +14,12 @@ own corpus and generated documents, that both paths give identical results.
 
 from __future__ import annotations
 
-import contextlib
-import html.entities
 import re
-from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urljoin
 
 from aggregator.models import newest
 from aggregator.parsers.common import struct_date
+from aggregator.parsers.mimic import fp_text, join, looks_like_html, read_date
 
 _A = "{http://www.w3.org/2005/Atom}"
 _CONTENT_ENCODED = "{http://purl.org/rss/1.0/modules/content/}encoded"
@@ -58,7 +55,6 @@ _ATOM_TEXT_TYPES = {
 }
 _XML_MIME = frozenset({"application/xml", "application/rss+xml", "application/atom+xml"})
 _ENTITY_IN_LINK = re.compile("&([A-Za-z0-9_]+);")
-_C1_CONTROLS = re.compile("[\x80-\x9f]")  # what feedparser maps from windows-1252
 _DECLARED = re.compile(rb"^(?:\xef\xbb\xbf)?<\?xml[^>]*?encoding=[\"']([A-Za-z0-9._-]+)[\"']")
 
 
@@ -155,66 +151,25 @@ def _plain_encoding(content: bytes, content_type: str | None) -> bool:
     return not content.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00", b"\x3c\x00"))
 
 
-# feedparser's reading of windows-1252 bytes a document declared as UTF-8 (C1 controls).
-_CP1252 = {
-    c: bytes([c]).decode("cp1252")
-    for c in range(0x80, 0xA0)
-    if c not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)
-}
-
-
-def _fp_text(value: str) -> str:
-    """feedparser's clean-up of every text value of a UTF-8 document."""
-    if value.isascii():  # the usual case, which neither step changes
-        return value
-    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
-        value = value.encode("iso-8859-1").decode("utf-8")
-    return value.translate(_CP1252) if _C1_CONTROLS.search(value) else value
-
-
 def _text_of(element: Any) -> str:
     if len(element) or element.attrib.get("{http://www.w3.org/XML/1998/namespace}base"):
         raise _NotPlain  # markup inside a text element
     return str(element.text or "").strip()
 
 
-_SCHEME_SLASHES = re.compile("^([A-Za-z][A-Za-z0-9+-.]*://)(/*)(.*?)")
-
-
-def _join(base: str, uri: str) -> str:
-    """feedparser's URL joining: extra slashes after the scheme dropped, then urljoin."""
-    uri = _SCHEME_SLASHES.sub(r"\1\3", uri)
-    try:
-        return urljoin(base, uri)
-    except ValueError:
-        return ""
-
-
 def _uri_of(element: Any, url: str, resolve: bool = True) -> str:
     value = _text_of(element)
-    return _fp_text(_join(url, value) if value and resolve else value)
-
-
-_ISO_DATE = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)(?:[Tt](\d\d):(\d\d)(?::(\d\d)(?:\.\d+)?)?([Zz]|[+-]\d\d:\d\d))?"
-)
-_MONTHS = {m: i for i, m in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
-)}  # fmt: skip
-_RFC822_DATE = re.compile(
-    r"(?:(?:mon|tue|wed|thu|fri|sat|sun),?\s+)?(\d\d?)\s+([a-z]{3})\s+(\d{4})\s+"
-    r"(\d\d):(\d\d)(?::(\d\d))?\s+(gmt|ut|utc|z|[+-]\d\d:?\d\d)"
-)
+    return fp_text(join(url, value) if value and resolve else value)
 
 
 def _date_of(element: Any) -> tuple[int, ...] | None:
     """The element's date as a UTC time tuple, in the two forms feeds use (W3C/ISO 8601
     and RFC 822, read as feedparser reads them); another form is left to feedparser."""
-    text = _fp_text(_text_of(element))
+    text = fp_text(_text_of(element))
     if not text:
         return None
     try:
-        moment = _read_date(text)
+        moment = read_date(text)
     except (ValueError, OverflowError):
         raise _NotPlain from None
     if moment is None:
@@ -222,157 +177,21 @@ def _date_of(element: Any) -> tuple[int, ...] | None:
     return moment.timetuple()[:6]
 
 
-def _read_date(text: str) -> datetime | None:
-    if m := _ISO_DATE.fullmatch(text):
-        year, month, day = (int(g) for g in m.group(1, 2, 3))
-        hour, minute, second = (int(g or 0) for g in m.group(4, 5, 6))
-        return datetime(year, month, day, hour, minute, second) - _offset(m.group(7))
-    if (m := _RFC822_DATE.fullmatch(text.lower())) and (named := _MONTHS.get(m.group(2))):
-        hour, minute, second = (int(g or 0) for g in m.group(4, 5, 6))
-        moment = datetime(int(m.group(3)), named, int(m.group(1)), hour, minute, second)
-        return moment - _offset(m.group(7))
-    return None
-
-
-def _offset(zone: str | None) -> timedelta:
-    if not zone or zone[0] not in "+-":
-        return timedelta(0)
-    digits = zone[1:].replace(":", "")
-    sign = -1 if zone[0] == "-" else 1
-    return sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
-
-
-# The elements feedparser's HTML sniffing accepts in a text that looks like HTML.
-_HTML_ELEMENTS = frozenset(
-    [
-        "a",
-        "abbr",
-        "acronym",
-        "address",
-        "area",
-        "article",
-        "aside",
-        "audio",
-        "b",
-        "big",
-        "blockquote",
-        "br",
-        "button",
-        "canvas",
-        "caption",
-        "center",
-        "cite",
-        "code",
-        "col",
-        "colgroup",
-        "command",
-        "datagrid",
-        "datalist",
-        "dd",
-        "del",
-        "details",
-        "dfn",
-        "dialog",
-        "dir",
-        "div",
-        "dl",
-        "dt",
-        "em",
-        "event-source",
-        "fieldset",
-        "figcaption",
-        "figure",
-        "font",
-        "footer",
-        "form",
-        "h1",
-        "h2",
-        "h3",
-        "h4",
-        "h5",
-        "h6",
-        "header",
-        "hr",
-        "i",
-        "img",
-        "input",
-        "ins",
-        "kbd",
-        "keygen",
-        "label",
-        "legend",
-        "li",
-        "m",
-        "map",
-        "menu",
-        "meter",
-        "multicol",
-        "nav",
-        "nextid",
-        "noscript",
-        "ol",
-        "optgroup",
-        "option",
-        "output",
-        "p",
-        "pre",
-        "progress",
-        "q",
-        "s",
-        "samp",
-        "section",
-        "select",
-        "small",
-        "sound",
-        "source",
-        "spacer",
-        "span",
-        "strike",
-        "strong",
-        "sub",
-        "sup",
-        "table",
-        "tbody",
-        "td",
-        "textarea",
-        "tfoot",
-        "th",
-        "thead",
-        "time",
-        "tr",
-        "tt",
-        "u",
-        "ul",
-        "var",
-        "video",
-    ]
-)
-
-
-def _looks_like_html(value: str) -> bool:
-    """feedparser's test of whether an RSS text element holds HTML."""
-    if not (re.search(r"</(\w+)>", value) or re.search(r"&#?\w+;", value)):
-        return False
-    if any(t.lower() not in _HTML_ELEMENTS for t in re.findall(r"</?(\w+)", value)):
-        return False
-    return all(e in html.entities.entitydefs for e in re.findall(r"&(\w+);", value))
-
-
 def _rss_text(element: Any, url: str) -> dict[str, str]:
-    value = _fp_text(_text_of(element))
-    kind = "text/html" if _looks_like_html(value) else "text/plain"
+    value = fp_text(_text_of(element))
+    kind = "text/html" if looks_like_html(value) else "text/plain"
     return {"type": kind, "value": value, "base": url}
 
 
 def _html_detail(element: Any, url: str) -> dict[str, str]:
-    return {"type": "text/html", "value": _fp_text(_text_of(element)), "base": url}
+    return {"type": "text/html", "value": fp_text(_text_of(element)), "base": url}
 
 
 def _atom_text(element: Any, url: str) -> dict[str, str]:
     kind = _ATOM_TEXT_TYPES.get(element.get("type", "text").lower())
     if kind is None or set(element.attrib) - {"type", "{http://www.w3.org/XML/1998/namespace}lang"}:
         raise _NotPlain  # xhtml, base64, src=...
-    return {"type": kind, "value": _fp_text(_text_of(element)), "base": url}
+    return {"type": kind, "value": fp_text(_text_of(element)), "base": url}
 
 
 def _atom_link(element: Any, url: str, context: dict[str, Any]) -> None:
@@ -384,10 +203,10 @@ def _atom_link(element: Any, url: str, context: dict[str, Any]) -> None:
         element.get("type") or ("application/atom+xml" if rel == "self" else "text/html")
     ).lower()
     if rel == "alternate" and kind in ("text/html", "application/xhtml+xml", "html", "xhtml"):
-        context["link"] = _join(url, href)
+        context["link"] = join(url, href)
     elif rel == "enclosure":
         length = element.get("length")
-        link = {"rel": rel, "type": kind, "href": _join(url, href)}
+        link = {"rel": rel, "type": kind, "href": join(url, href)}
         context.setdefault("links", []).append(
             link if length is None else link | {"length": length}
         )
@@ -429,7 +248,7 @@ def _plain_rss(channel: Any, url: str, limit: int | None) -> dict[str, Any]:
         elif tag == "link":
             feed["link"] = _ENTITY_IN_LINK.sub(r"&\g<1>", _uri_of(element, url))
         elif tag == "ttl":
-            feed["ttl"] = _fp_text(_text_of(element))
+            feed["ttl"] = fp_text(_text_of(element))
         elif tag == _A + "link":
             _atom_link(element, url, feed)
         else:
@@ -482,7 +301,7 @@ def _name_text(element: Any) -> str:
     """A name or a category: plain words only (feedparser reads ``a@b (Name)`` and
     markup in ways of its own)."""
     value = _text_of(element)
-    if _NOT_A_PLAIN_NAME.search(value) or _fp_text(value) != value:
+    if _NOT_A_PLAIN_NAME.search(value) or fp_text(value) != value:
         raise _NotPlain  # (feedparser cleans some texts up, and not others)
     return value
 
@@ -566,6 +385,6 @@ def _atom_category(element: Any, entry: dict[str, Any]) -> None:
         raise _NotPlain
     term, scheme, label = (element.get(name) for name in ("term", "scheme", "label"))
     for value in (term, scheme, label):
-        if value is not None and (_NOT_A_PLAIN_NAME.search(value) or _fp_text(value) != value):
+        if value is not None and (_NOT_A_PLAIN_NAME.search(value) or fp_text(value) != value):
             raise _NotPlain
     _tag(term, scheme, label, entry)
