@@ -382,7 +382,7 @@ def load_config(path: Path) -> Config:
 
     top = _TOP(data, (), report)
     if top:
-        _check_podcasts(top, report)
+        _check_settings(top, report)
     if not problems:
         _check_duplicates(top["feeds"], report, lines)
     if problems:
@@ -438,12 +438,21 @@ def _podcast(fields: dict[str, Any]) -> Podcast:
     return Podcast(**{k: v for k, v in fields.items() if v is not None})
 
 
-def _check_podcasts(top: dict[str, Any], report: Report) -> None:
-    places: list[tuple[Loc, dict[str, Any]]] = [(("podcast",), top["podcast"])]
-    places += [(("tags", t, "podcast"), s.get("podcast") or {}) for t, s in top["tags"].items()]
+def _check_settings(top: dict[str, Any], report: Report) -> None:
+    """What each key cannot check alone: a subcategory needs a category; a tag's settings
+    need a feed with that tag."""
+    tags: dict[str, Any] = top.get("tags") or {}
+    places: list[tuple[Loc, dict[str, Any]]] = [(("podcast",), top.get("podcast") or {})]
+    places += [(("tags", t, "podcast"), s.get("podcast") or {}) for t, s in tags.items()]
     for loc, fields in places:
         if fields.get("subcategory") and not fields.get("category"):
             report((*loc, "subcategory"), "needs a category")
+    if "feeds" in top:  # (a missing list is reported already)
+        feeds = [f for f in top["feeds"] if isinstance(f, dict)]
+        carried = {t for feed in feeds for t in feed.get("tags") or ()}
+        for tag in tags:
+            if tag not in carried:
+                report(("tags", tag), "no feed has this tag (a typo?)")
 
 
 def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:

@@ -297,7 +297,10 @@ def _channel_podcast(fg: Any, podcast: Podcast) -> None:
     if podcast.image:
         fg.podcast.itunes_image(podcast.image)
     if podcast.category:
-        fg.podcast.itunes_category(podcast.category, podcast.subcategory)
+        category = {"cat": podcast.category}  # (config refuses quotes: feedgen queries by it)
+        fg.podcast.itunes_category(
+            category | {"sub": podcast.subcategory} if podcast.subcategory else category
+        )
     if podcast.explicit is not None:
         fg.podcast.itunes_explicit("yes" if podcast.explicit else "no")
 

@@ -38,6 +38,20 @@ def clock() -> StepClock:
     return StepClock()
 
 
+def debian_program(command: str, package: str) -> str:
+    """The path of ``command``, which a test drives; skipped when it is missing, except
+    in CI, where ``.ci/run`` installs its Debian ``package``."""
+    import os
+    import shutil
+
+    path = shutil.which(command)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{command} is not installed, but .ci/run installs it ({package})")
+        pytest.skip(f"{command} is not installed (Debian: apt-get install {package})")
+    return path
+
+
 def write_config(tmp_path: Path, feeds: list[dict[str, object]], **top: object) -> Path:
     """Write a feeds.yaml into ``tmp_path`` and return its path."""
     import yaml

@@ -4,7 +4,6 @@ with a real feed reader (lemon24/reader) as the subscriber."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import feedparser
 import httpx
 import pytest
 
+from tests.conftest import debian_program
 from tests.farm import Answer, Farm, rss
 from tests.test_scheduler import free_port
 
@@ -281,19 +281,10 @@ def test_serve_command_serves_an_archive_without_polling(tmp_path: Path, farm: F
         assert proc.wait(timeout=30) == 0
 
 
-def _gpo() -> str:
-    gpo = shutil.which("gpo")
-    if gpo is None:
-        if os.environ.get("CI"):
-            pytest.fail("gPodder's gpo is not installed, but .ci/run installs it")
-        pytest.skip("gPodder is not installed (Debian: apt-get install gpodder)")
-    return gpo
-
-
 def test_a_podcast_client_downloads_an_episode_from_a_tag_feed(tmp_path: Path, farm: Farm) -> None:
     """gPodder subscribes to the daemon's per-tag feed of a podcast and downloads the
     episode's audio, byte for byte, from where the source published it."""
-    gpo = _gpo()
+    gpo = debian_program("gpo", "gpodder")
     audio = bytes(range(256)) * 40 + b"ID3-end"
     farm.routes["/media/ep1.mp3"] = Answer(200, audio, {"Content-Type": "audio/mpeg"})
     enclosure = farm.url("/media/ep1.mp3")

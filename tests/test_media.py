@@ -194,7 +194,7 @@ def test_podcast_settings_are_checked(tmp_path: Path) -> None:
     path = write_config(
         tmp_path, [{"url": "https://ex.com/f", "tags": ["p"]}],
         podcast={"image": "https://ex.com/cover.webp", "explicit": "maybe"},
-        tags={"p": {"podcast": {"subcategory": "Podcasting", "email": "nobody"}}},
+        tags={"p": {"podcast": {"subcategory": "Podcasting", "email": "nobody"}}, "q": {}},
     )  # fmt: skip
     with pytest.raises(ConfigError) as caught:
         load_config(path)
@@ -203,3 +203,4 @@ def test_podcast_settings_are_checked(tmp_path: Path) -> None:
     assert "podcast.explicit: must be true or false" in text
     assert "tags.p.podcast.subcategory: needs a category" in text
     assert "tags.p.podcast.email: must be an e-mail address" in text
+    assert "tags.q: no feed has this tag (a typo?)" in text

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from bs4 import BeautifulSoup
 
 from aggregator.archive import Archive
@@ -19,7 +17,7 @@ from aggregator.models import Config, FeedSource
 from aggregator.pipeline import run_pass
 from aggregator.publish import publish
 from aggregator.serve import Site
-from tests.conftest import DATA, StepClock, write_config
+from tests.conftest import DATA, StepClock, debian_program, write_config
 from tests.farm import Answer, Farm, rss
 from tests.feedcheck import check_outputs
 from tests.test_serve import Client
@@ -161,17 +159,8 @@ def test_the_site_files_have_one_home(tmp_path: Path) -> None:
     assert install_site(tmp_path) == []  # written once; edits are the user's
 
 
-def _jekyll() -> str:
-    jekyll = shutil.which("jekyll")
-    if jekyll is None:
-        if os.environ.get("CI"):
-            pytest.fail("jekyll is not installed, but .ci/run installs it")
-        pytest.skip("jekyll is not installed (Debian: apt-get install jekyll)")
-    return jekyll
-
-
 def test_jekyll_builds_the_archive(tmp_path: Path, farm: Farm, clock: StepClock) -> None:
-    jekyll = _jekyll()
+    jekyll = debian_program("jekyll", "jekyll")
     farm.routes["/seed"] = Answer(200, (DATA / "seed-source.xml").read_bytes(), RSS)
     hostile = rss([
         {"title": "Liquid {{ site.title }} {% raw %} and <b>tags</b>", "link": "https://h.example/1",
