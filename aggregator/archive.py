@@ -37,6 +37,7 @@ STATE_DIR = ".aggregator"
 POSTS_DIR = "_posts"
 RSS_FILE, ATOM_FILE, JSON_FILE = "feed.xml", "atom.xml", "feed.json"  # the merged feed
 CHURN_LIMIT = 3  # rewrites per item for edits the source does not date
+SHRINK_LIMIT = 0.5  # an edit that leaves less than this share of a post is not taken
 
 
 def state_path(root: Path) -> Path:
@@ -323,7 +324,7 @@ class Archive:
                 first.setdefault(post.key, post)
         candidates = list(first.values())
         known = self.state.changed((p.key, p.digest) for p in candidates)
-        unrecorded: list[tuple[str, str, datetime | None]] = []
+        unrecorded: list[Post] = []  # digests taken without a rewrite
         revised: list[tuple[Post, int]] = []
         capped: list[str] = []
         for post in candidates:
@@ -331,7 +332,11 @@ class Archive:
             if was is None or was.pending or was.feed_url not in (None, post.feed_url):
                 continue
             if was.digest is None:  # known before digests were kept: this is its version
-                unrecorded.append((post.key, post.digest, post.source_updated))
+                unrecorded.append(post)
+                continue
+            if why := self._keep_archived(post, was):
+                log.warning("feed=%s item %s: %s", post.author, post.source, why)
+                unrecorded.append(post)  # (said once: until the source changes it again)
                 continue
             dated = _later(post.source_updated, was.source_updated)
             if not dated and was.revisions >= limit:
@@ -358,6 +363,18 @@ class Archive:
             raise ArchiveError(f"archive write failed: {e}") from e
         self.state.revised(revised)
         return [post for post, _ in revised]
+
+    def _keep_archived(self, post: Post, was: Known) -> str | None:
+        """Why the archived version must stay, if it must: its file is gone (removed by
+        hand; `reindex` forgets it), or the new version has far less text (a feed that
+        turned to excerpts must not erase the full texts archived from it)."""
+        try:
+            size = (self.root / was.path).stat().st_size
+        except OSError:
+            return f"its post {was.path} is missing; not rewritten (run `aggregator reindex`)"
+        if len(post.text.encode()) < size * SHRINK_LIMIT:
+            return "the feed now gives a much shorter text; the archived version is kept"
+        return None
 
     @staticmethod
     def _rewritten(post: Post, was: Known, now: datetime) -> Post:

@@ -31,6 +31,7 @@ from aggregator.models import (
     ItemRules,
     Podcast,
 )
+from aggregator.posts import slugify
 from aggregator.timing import DEFAULT_INTERVAL, MIN_INTERVAL, format_duration, parse_duration
 from aggregator.urls import is_http_url, normalize_url
 
@@ -163,7 +164,7 @@ def _feed_image_proxy(value: object) -> str | None:
 
 def _cover_image(value: object) -> str:
     url = _http_url(value)
-    if not url.split("?", 1)[0].endswith((".jpg", ".png")):
+    if not url.endswith((".jpg", ".png")):  # (feedgen drops any other, query or not)
         raise _Bad(
             f"must be the URL of a .jpg or .png picture (what podcast apps show), not {url!r}"
         )
@@ -449,9 +450,9 @@ def _check_settings(top: dict[str, Any], report: Report) -> None:
             report((*loc, "subcategory"), "needs a category")
     if "feeds" in top:  # (a missing list is reported already)
         feeds = [f for f in top["feeds"] if isinstance(f, dict)]
-        carried = {t for feed in feeds for t in feed.get("tags") or ()}
+        carried = {slugify(t) for feed in feeds for t in feed.get("tags") or () if t}
         for tag in tags:
-            if tag not in carried:
+            if slugify(tag) not in carried:
                 report(("tags", tag), "no feed has this tag (a typo?)")
 
 

@@ -146,11 +146,6 @@ class Config:
     podcast: Podcast = Podcast()  # of every published feed
     tag_podcasts: tuple[tuple[str, Podcast], ...] = ()  # per tag, over ``podcast``
 
-    def podcast_of(self, tag: str | None) -> Podcast:
-        """The podcast fields of the merged feed (None) or of a tag's feed."""
-        own = dict(self.tag_podcasts).get(tag) if tag is not None else None
-        return own.over(self.podcast) if own else self.podcast
-
 
 @dataclass(frozen=True, slots=True)
 class Validators:

@@ -48,6 +48,7 @@ from aggregator.models import (
     FeedStatus,
     NotModified,
     Outcome,
+    Post,
     Validators,
 )
 from aggregator.timing import cache_hint, retry_after
@@ -310,16 +311,17 @@ class Poller:
                 "%s: feed %s has moved permanently to %s; polling the new URL, update feeds.yaml",
                 where, source.url, fetched.moved_to,
             )  # fmt: skip
+        written: list[Post] = []
         try:
             written = self.archive.store(prepared.posts)
             revised = self.archive.revise(prepared.posts, self.clock()) if source.updates else []
-        except ArchiveError as e:  # our fault, not the feed's: retried soon
-            self._noticed(e)
+        except ArchiveError as e:  # our fault, not the feed's: retried soon (the whole feed,
+            self._noticed(e)  # its validators not kept, so that its edits are seen again)
             seen = Observation(
                 Outcome.ERROR, error=str(e), http_status=fetched.status, local=True,
                 moved_to=fetched.moved_to,
             )  # fmt: skip
-            return seen, (0, 0), fetch_seconds
+            return seen, (len(written), 0), fetch_seconds
         seen = Observation(
             Outcome.NEW if written else Outcome.UNCHANGED,
             http_status=fetched.status,

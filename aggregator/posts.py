@@ -64,24 +64,23 @@ EXTRA_KEYS = (
 
 
 def item_identity(entry: Entry) -> tuple[str, tuple[str, ...]]:
-    """What identifies the item at its source (the post's ``from``), and the keys it
-    had under earlier rules.
+    """What identifies the item at its source (the post's ``from``), and the other keys
+    it is known by.
 
     Its link, else its GUID, else (neither) a hash of what stays stable when a publisher
-    corrects an item: its title and date, not its text. A hash of title and text is what
-    earlier versions used: that key is kept as an alias, so those items stay known.
+    corrects a dated item: its title and date, not its text; the hash of its title and
+    text, what earlier versions used, is its alias (so that those items stay known, and an
+    item re-dated at every fetch with the same text stays one). An item without a title
+    or a date has only its text to tell it from the feed's other items.
     """
     if entry.link:
         return entry.link, ()
     if entry.guid:
         return entry.guid, ()
-    legacy = _hash_source(f"{entry.title}\0{entry.content}")
-    if not entry.title:
-        return legacy, ()
-    stable = _hash_source(
-        f"{entry.title}\0{format_time(entry.published) if entry.published else ''}"
-    )
-    return stable, (legacy,)
+    by_text = _hash_source(f"{entry.title}\0{entry.content}")
+    if not (entry.title and entry.published):
+        return by_text, ()
+    return _hash_source(f"{entry.title}\0{format_time(entry.published)}"), (by_text,)
 
 
 def _hash_source(text: str) -> str:
@@ -262,18 +261,19 @@ def _flow_media(media: Media) -> str:
     return "{ " + ", ".join(parts) + " }"
 
 
-def digest_of(post: Post) -> str:
-    """A hash of what the source said of the item: when it changes, the source edited it.
-    Not of when or where it is archived, nor of its URL (a move to https is no edit)."""
-    digest = hashlib.sha256(post.content.encode())
-    digest.update(f"\0{post.title}\0{post.published}".encode())
+def digest_of(entry: Entry) -> str:
+    """A hash of what the source said of the item, as its feed gave it (before the feed's
+    options and the sanitizer): when it changes, the source edited the item. Not of its
+    URL (a move to https is no edit)."""
+    digest = hashlib.sha256(entry.content.encode())
+    digest.update(f"\0{entry.title}\0{entry.published}".encode())
     if (  # most items carry none of these: no repr for them
-        post.item_authors or post.item_categories or post.image or post.enclosures
-        or post.media or post.episode
+        entry.authors or entry.categories or entry.image or entry.enclosures or entry.media
+        or entry.episode
     ):  # fmt: skip
         carried = (
-            post.item_authors, post.item_categories, post.image, post.enclosures, post.media,
-            post.episode,
+            entry.authors, entry.categories, entry.image, entry.enclosures, entry.media,
+            entry.episode,
         )  # fmt: skip
         digest.update(repr(carried).encode())
     return digest.hexdigest()[:32]

@@ -23,11 +23,24 @@ from aggregator.urls import is_http_url, strip_tracking
 
 
 def is_junk(entry: Entry) -> bool:
-    """An item with nothing to show: no title, no text, no link and no file (what a
-    truncated feed leaves behind)."""
+    """An item with nothing to show: no title, no text, no link, no file and no picture
+    (what a truncated feed leaves behind)."""
     return not (
-        entry.title or entry.link or entry.enclosures or html_to_text(entry.content).strip()
+        entry.title
+        or entry.link
+        or entry.enclosures
+        or entry.media
+        or entry.image
+        or html_to_text(entry.content).strip()
     )
+
+
+def keep_line_breaks(content: str) -> str:
+    """Text without a single tag keeps its line breaks (a video's description, which
+    feeds often label HTML, would otherwise run together)."""
+    if "<" not in content and "\n" in content.strip():
+        return "<br>\n".join(content.strip().split("\n"))
+    return content
 
 
 def fallback_title(entry: Entry) -> str:
@@ -102,6 +115,7 @@ def make_post(
     site_link: str,
     image_proxy: str | None = None,
     identity: tuple[str, tuple[str, ...]] | None = None,
+    digest: str | None = None,
     placed: datetime | None = None,
     keep_content: bool = True,
 ) -> Post:
@@ -130,7 +144,7 @@ def make_post(
         source=source,
         published=entry.published,
         archived=archived,
-        content=sanitize_html(entry.content, entry.base, image_proxy),
+        content=sanitize_html(keep_line_breaks(entry.content), entry.base, image_proxy),
         author=name,
         tags=tuple(dict.fromkeys([name, *tags])),
         categories=(name,),
@@ -145,7 +159,7 @@ def make_post(
         placed=truncate_ms(placed) if placed and not entry.published else None,
     )
     # Completed before anyone sees it (dataclasses.replace would cost more than the render).
-    object.__setattr__(post, "digest", digest_of(post))
+    object.__setattr__(post, "digest", digest or digest_of(entry))
     object.__setattr__(post, "text", render_post(post))
     if not keep_content:  # its text holds it: not sent from the worker twice
         object.__setattr__(post, "content", "")

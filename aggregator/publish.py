@@ -86,7 +86,7 @@ def publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
 
 def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
     base = site_base(config.link)
-    main = Channel(config.title, config.description, config.link, base, config.podcast_of(None))
+    main = Channel(config.title, config.description, config.link, base, config.podcast)
     items = _load_items(archive, archive.state.newest(config.max_items), {}, config.link)
     paths = _write_feed(archive.root, main, items, now)
     known = {item.key: item for item in items}  # tag feeds mostly hold these same items
@@ -98,7 +98,7 @@ def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
             f"The newest items tagged {tag.name}. {config.description}".strip(),
             folder,
             folder,
-            config.podcast_of(tag.name),
+            tag.podcast,
         )
         records = archive.state.newest(config.max_items, feeds=tag.feed_urls)
         tagged = _load_items(archive, records, known, config.link)
@@ -317,8 +317,8 @@ def _episode(fe: Any, item: _Item) -> None:
         fe.podcast.itunes_episode_type(episode.kind)
     if episode.explicit is not None:
         fe.podcast.itunes_explicit("yes" if episode.explicit else "no")
-    if item.image and item.image.split("?", 1)[0].endswith((".jpg", ".png")):
-        fe.podcast.itunes_image(item.image)  # (feedgen takes no other kind)
+    if item.image and item.image.endswith((".jpg", ".png")):
+        fe.podcast.itunes_image(item.image)  # feedgen refuses any other (a query string too)
 
 
 def _build_json(channel: Channel, items: list[_Item], self_url: str) -> bytes:

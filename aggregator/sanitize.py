@@ -41,9 +41,9 @@ _STYLED = ("div", "p", "span", "small", "a", "img", "td", "th", "table")
 ALLOWED_ATTRIBUTES: dict[str, set[str]] = {
     "a": {"href", "title"},
     "abbr": {"title"},
-    "audio": {"src", "controls", "preload"},  # never autoplay
+    "audio": {"src", "controls"},  # never autoplay; preload is set to none
     "source": {"src", "type"},
-    "video": {"src", "controls", "preload", "poster", "width", "height"},
+    "video": {"src", "controls", "poster", "width", "height"},
     "blockquote": {"cite"},
     "del": {"cite", "datetime"},
     "img": {"src", "alt", "title", "width", "height"},
@@ -126,6 +126,8 @@ def sanitize_html(fragment: str, base: str, image_proxy: str | None = None) -> s
         clean_content_tags=set(DROPPED_WITH_CONTENT),
         attributes=ALLOWED_ATTRIBUTES,
         tag_attribute_values={"a": {"target": {"_blank"}}},
+        # A page view downloads no audio or video from a third party: only a click does.
+        set_tag_attribute_values={"audio": {"preload": "none"}, "video": {"preload": "none"}},
         attribute_filter=_attribute_filter(base, image_proxy),
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer",

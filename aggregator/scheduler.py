@@ -450,8 +450,12 @@ class Daemon:
                 self.poller.plan(source, when)
                 if url not in self._polling:
                     self._schedule(url, when)
-        if (new.title, new.link, new.description, new.max_items, config_tags(new)) != (
+        if (
+            new.title, new.link, new.description, new.max_items, config_tags(new),
+            new.podcast, new.tag_podcasts,
+        ) != (
             old.title, old.link, old.description, old.max_items, config_tags(old),
+            old.podcast, old.tag_podcasts,
         ):  # fmt: skip
             self._publish_wanted.set()  # the feeds' headers, the tag feeds and the site's data
         log.info("reloaded %s: %d feeds", new.path, len(new.feeds))

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE, write_file_atomic
-from aggregator.models import Config
+from aggregator.models import Config, Podcast
 from aggregator.posts import slugify, yaml_quoted
 
 log = logging.getLogger(__name__)
@@ -37,15 +37,18 @@ _TAG_FILES = (TAG_PAGE, RSS_FILE, ATOM_FILE, JSON_FILE)  # what a tag folder may
 
 @dataclass(frozen=True, slots=True)
 class Tag:
-    """A tag of feeds.yaml: its text, its folder name, and the feeds that carry it."""
+    """A tag of feeds.yaml: its text, its folder name, the feeds that carry it, and the
+    podcast fields of its feeds (``tags: {TAG: {podcast: ...}}`` over ``podcast:``)."""
 
     name: str
     slug: str
     feed_urls: tuple[str, ...]
+    podcast: Podcast = field(default_factory=Podcast)
 
 
 def config_tags(config: Config) -> list[Tag]:
-    """Every tag of feeds.yaml, in order of appearance; tags with the same slug merge."""
+    """Every tag of feeds.yaml, in order of appearance; tags with the same slug merge
+    (their settings too, however each is spelled)."""
     names: dict[str, str] = {}
     feeds: dict[str, list[str]] = {}
     for source in config.feeds:
@@ -54,7 +57,13 @@ def config_tags(config: Config) -> list[Tag]:
             names.setdefault(slug, tag)
             if source.url not in feeds.setdefault(slug, []):
                 feeds[slug].append(source.url)
-    return [Tag(names[slug], slug, tuple(urls)) for slug, urls in feeds.items()]
+    podcasts = {slugify(tag): podcast for tag, podcast in config.tag_podcasts}
+    return [
+        Tag(names[slug], slug, tuple(urls), podcasts[slug].over(config.podcast))
+        if slug in podcasts
+        else Tag(names[slug], slug, tuple(urls), config.podcast)
+        for slug, urls in feeds.items()
+    ]
 
 
 # SHA-256 of the versions of the site files that earlier releases wrote. A file still
@@ -103,6 +112,8 @@ def write_site_data(config: Config, root: Path, tags: list[Tag]) -> None:
         "max_items": config.max_items,
         "tags": [{"name": t.name, "slug": t.slug} for t in tags],
     }
+    if config.image_proxy:
+        data["image_proxy"] = config.image_proxy  # the post layout's pictures use it too
     header = "# Written by aggregator from feeds.yaml on every publish; edits are replaced.\n"
     _write_if_changed(
         root / DATA_FILE,

@@ -60,12 +60,14 @@ _SCHEMA = (
     digest     TEXT,              -- of what the source said (NULL: not known, e.g. rebuilt)
     revisions  INTEGER NOT NULL DEFAULT 0, -- rewrites for edits the source did not date
     source_updated TEXT,          -- the source's own date of its last change
-    link       TEXT               -- the post's http(s) link (keys are not links)
+    link       TEXT,              -- the post's http(s) link (keys are not links)
+    alias      TEXT               -- another key the item is known by (see posts.item_identity)
 )""",
     "CREATE INDEX IF NOT EXISTS items_by_date ON items (sort_date DESC, key)",
     "CREATE INDEX IF NOT EXISTS items_pending ON items (pending) WHERE pending = 1",
     # Items of no known feed (after a rebuild), by author: see adopt(). Empty otherwise.
     "CREATE INDEX IF NOT EXISTS items_orphans ON items (author) WHERE feed_url IS NULL",
+    "CREATE INDEX IF NOT EXISTS items_alias ON items (alias) WHERE alias IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
 )
 # Columns later schemas added to the tables of earlier ones.
@@ -77,6 +79,7 @@ _ADDED = {
         "revisions": "INTEGER NOT NULL DEFAULT 0",
         "source_updated": "TEXT",
         "link": "TEXT",
+        "alias": "TEXT",
     },
 }
 _BATCH = 500  # keys per IN (...) query
@@ -150,16 +153,18 @@ def _rekey(db: sqlite3.Connection) -> None:
     the key; the other's post stays on disk, out of the index, as reindex leaves it."""
     from aggregator.posts import key_for  # noqa: PLC0415 -- once per upgraded index
 
-    rows = db.execute("SELECT key, archived FROM items ORDER BY archived, key").fetchall()
-    new: dict[str, str] = {}
-    for key, _ in rows:
+    rows = db.execute("SELECT key FROM items ORDER BY archived, key").fetchall()
+    taken: set[str] = set()
+    changed: list[tuple[str, str]] = []
+    for (key,) in rows:
         rekeyed = key_for(key) if key.startswith(("http://", "https://")) else key
-        if rekeyed in new.values() and new.get(key) != rekeyed:
+        if rekeyed in taken:
             db.execute("DELETE FROM items WHERE key = ?", (key,))
             log.warning("index upgrade: %s is a second copy of an item; left out", key)
-        else:
-            new[key] = rekeyed
-    changed = [(k, v) for k, v in new.items() if k != v]
+            continue
+        taken.add(rekeyed)
+        if rekeyed != key:
+            changed.append((key, rekeyed))
     db.executemany("UPDATE items SET link = ? WHERE key = ?", [(k, k) for k, _ in changed])
     # Two steps, so that a new key never meets an old one on the way (keys never hold
     # control characters: GUIDs are cleaned of them).
@@ -406,8 +411,10 @@ class State:
     # Items -------------------------------------------------------------------------
 
     def known_keys(self, keys: Iterable[str]) -> set[str]:
-        """The subset of ``keys`` already archived (or being archived)."""
-        return self._existing("key", keys)
+        """The subset of ``keys`` already archived (or being archived), as the key or the
+        alias of an item."""
+        wanted = list(keys)
+        return self._existing("key", wanted) | self._existing("alias", wanted)
 
     def changed(self, digests: Iterable[tuple[str, str]]) -> dict[str, Known]:
         """Of the archived items among (key, digest), those whose digest differs (or was
@@ -434,15 +441,21 @@ class State:
                 )
         return found
 
-    def note_digests(self, rows: Iterable[tuple[str, str, datetime | None]]) -> None:
-        """(key, digest, source_updated) of items known without a digest (rebuilt, or
-        archived by an earlier version): from now on, a change is an edit."""
-        if not (rows := list(rows)):
+    def note_digests(self, posts: Iterable[Post]) -> None:
+        """Take each post's digest as its item's version without rewriting its file (an
+        item known without a digest, rebuilt or archived by an earlier version; or an
+        edit not taken), and its feed as the item's when no feed was known."""
+        if not (rows := list(posts)):
             return
         self._write(
-            "UPDATE items SET digest = ?, source_updated = ? WHERE key = ?",
-            [(d, format_time(u) if u else None, k) for k, d, u in rows],
-        )
+            "UPDATE items SET digest = ?, source_updated = ?,"
+            " feed_url = coalesce(feed_url, ?) WHERE key = ?",
+            [
+                (p.digest, format_time(p.source_updated) if p.source_updated else None,
+                 p.feed_url, p.key)
+                for p in rows
+            ],
+        )  # fmt: skip
 
     def revised(self, posts: Iterable[tuple[Post, int]]) -> None:
         """Record posts rewritten in place for an edit at the source, each with its count
@@ -567,7 +580,8 @@ _KNOWN_COLUMNS = "key, feed_url, path, archived, pending, digest, revisions, sou
 _ITEM_COLUMNS = "key, feed_url, title, path, published, archived, link"
 _INSERT_ITEM = (
     "INSERT INTO items (key, feed_url, title, published, archived, sort_date, path, pending,"
-    " author, digest, source_updated, link) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " author, digest, source_updated, link, alias)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -586,6 +600,7 @@ def _item_row(r: ItemRecord | Post, *, pending: bool) -> tuple[object, ...]:
         format_time(r.source_updated) if isinstance(r, Post) and r.source_updated else None,
         # A post's link is http(s) by construction; a rebuilt record's comes from a file.
         r.link if isinstance(r, Post) or (r.link and is_http_url(r.link)) else None,
+        r.aliases[0] if isinstance(r, Post) and r.aliases else None,
     )
 
 

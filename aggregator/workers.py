@@ -50,7 +50,7 @@ class Prepared:
 def prepare(job: Job) -> Prepared:
     """Parse ``job.content`` and render a post for each entry considered."""
     from aggregator.parsers import parse_feed  # noqa: PLC0415 -- only workers need these
-    from aggregator.posts import item_identity  # noqa: PLC0415
+    from aggregator.posts import digest_of, item_identity  # noqa: PLC0415
     from aggregator.process import apply_rules, is_junk, make_post  # noqa: PLC0415
 
     parsed = parse_feed(job.content, job.url, job.content_type, max_entries=job.max_entries)
@@ -58,7 +58,8 @@ def prepare(job: Job) -> Prepared:
     site = parsed.link or job.feed_url
     entries = [e for e in reversed(parsed.entries) if not is_junk(e)]
     newest_date = max((e.published for e in entries if e.published), default=None)
-    identities = [item_identity(e) for e in entries]  # before the options change the text
+    # What identifies each item and what it says, before the options change its text:
+    identities = [(item_identity(e), digest_of(e)) for e in entries]
     shaped = (
         entries if job.rules == ItemRules() else [apply_rules(e, job.rules, name) for e in entries]
     )
@@ -72,10 +73,11 @@ def prepare(job: Job) -> Prepared:
             site_link=site,
             image_proxy=job.image_proxy,
             identity=identity,
+            digest=digest,
             placed=newest_date,
             keep_content=False,
         )
-        for entry, identity in zip(shaped, identities, strict=True)
+        for entry, (identity, digest) in zip(shaped, identities, strict=True)
         if entry is not None
     )
     filtered = len(shaped) - len(posts)

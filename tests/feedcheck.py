@@ -146,7 +146,7 @@ def check_itunes(path: Path, *, require_channel: bool = False) -> None:
     image = it(channel, "image")
     if image is not None:
         assert image.get("href", "").startswith(HTTP)
-        assert image.get("href", "").split("?")[0].endswith((".jpg", ".png"))
+        assert image.get("href", "").endswith((".jpg", ".png"))
     for category in channel.findall("itunes:category", NS):
         assert category.get("text")
     explicit = it(channel, "explicit")

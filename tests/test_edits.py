@@ -20,7 +20,7 @@ from aggregator.archive import CHURN_LIMIT, Archive
 from aggregator.config import load_config
 from aggregator.models import Config
 from aggregator.pipeline import run_pass
-from tests.conftest import StepClock, write_config
+from tests.conftest import DATA, StepClock, write_config
 from tests.farm import Answer, Farm
 from tests.feedcheck import check_outputs
 
@@ -196,30 +196,128 @@ def test_a_move_to_https_or_www_is_the_same_item(tmp_path: Path, farm: Farm) -> 
 
 
 def test_an_index_of_an_earlier_version_is_rekeyed_without_duplicates(
-    tmp_path: Path, farm: Farm
+    tmp_path: Path, farm: Farm, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Keys of schema 2 kept the scheme: the upgrade re-keys them, so that the items of a
-    feed that moved to https are not archived again."""
+    """Keys of schema 2 and before kept the scheme and www.: opening such an index re-keys
+    it once; an item archived twice (http, then https) keeps its first post; a poll of
+    the https feed then archives nothing again."""
     import sqlite3
 
-    config = setup(tmp_path, farm, b"")
-    serve(
-        farm, rss_items("<title>A</title><link>http://old.example/a</link>"), "application/rss+xml"
+    from tests.test_index import schema_1
+
+    db = tmp_path / "archive" / ".aggregator" / "state.sqlite3"
+    db.parent.mkdir(parents=True)
+    schema_1(db)  # one item, https://ex.com/1, archived 2024-05-01 12:00
+    old = sqlite3.connect(db)
+    old.execute(
+        "INSERT INTO items VALUES ('http://www.ex.com/1', 'https://ex.com/f', 'One again',"
+        " NULL, '2024-05-02T12:00:00.000Z', '2024-05-02T12:00:00.000Z', '_posts/y.md', 0)"
     )
-    clock = StepClock()
-    assert run_pass(config, clock=clock).new == 1
-    db = sqlite3.connect(config.archive / ".aggregator" / "state.sqlite3")
-    db.execute("UPDATE items SET key = 'http://old.example/a', link = NULL")  # as schema 2 wrote
-    db.execute("PRAGMA user_version = 2")
-    db.commit()
-    db.close()
-    serve(
-        farm, rss_items("<title>A</title><link>https://old.example/a</link>"), "application/rss+xml"
-    )
-    assert run_pass(config, clock=clock).new == 0
-    with Archive(config.archive) as archive:
+    old.commit()
+    old.close()
+    with Archive(tmp_path / "archive") as archive:
         (record,) = archive.state.items()
-        assert record.key == "//old.example/a" and record.link == "http://old.example/a"
+    assert (record.key, record.link, record.path) == (
+        "//ex.com/1",
+        "https://ex.com/1",
+        "_posts/x.md",
+    )
+    assert "http://www.ex.com/1 is a second copy of an item" in caplog.text
+    serve(
+        farm,
+        rss_items("<title>One</title><link>https://www.ex.com/1</link>"),
+        "application/rss+xml",
+    )
+    config = load_config(write_config(tmp_path, [{"url": farm.url("/ed")}]))
+    assert run_pass(config, clock=StepClock()).new == 0
+
+
+def test_an_item_redated_at_every_fetch_stays_one_post(tmp_path: Path, farm: Farm) -> None:
+    """Without link or GUID, a feed that stamps its items with the time of the fetch:
+    the same title and text is the same item (its title-and-text key is kept)."""
+    farm.routes["/ed"] = Answer(200, b"", RSS)
+    config = load_config(write_config(tmp_path, [{"url": farm.url("/ed")}]))
+    clock = StepClock()
+    for day in range(1, 5):
+        item = (
+            f"<title>Weather</title><pubDate>0{day} Apr 2024 10:00:00 GMT</pubDate>"
+            "<description>Sunny all week.</description>"
+        )
+        serve(farm, rss_items(item), "application/rss+xml")
+        run_pass(config, clock=clock)
+    assert len(posts(config)) == 1
+
+
+def test_undated_items_with_one_title_are_told_apart_by_their_text(
+    tmp_path: Path, farm: Farm
+) -> None:
+    notices = [f"<title>Service update</title><description>{t}</description>" for t in "AB"]
+    farm.routes["/ed"] = Answer(200, rss_items(*notices), RSS)
+    config = load_config(write_config(tmp_path, [{"url": farm.url("/ed")}]))
+    clock = StepClock()
+    assert run_pass(config, clock=clock).new == 2
+    serve(farm, rss_items(notices[1]), "application/rss+xml")  # A leaves the feed
+    result = run_pass(config, clock=clock)
+    assert (result.new, result.results[0].updated) == (0, 0)
+    texts = sorted(t.split("<div>\n")[-1] for t in posts(config).values())
+    assert texts == ["A\n</div>\n", "B\n</div>\n"]
+
+
+def test_changing_a_feeds_options_is_no_edit(tmp_path: Path, farm: Farm) -> None:
+    config = setup(tmp_path, farm, atom(STORY, OTHER))
+    clock = StepClock()
+    run_pass(config, clock=clock)
+    before = posts(config)
+    feeds = [{"url": farm.url("/ed"), "title": "[{name}] {title}", "strip": ["p.none"]}]
+    changed = load_config(write_config(tmp_path, feeds))
+    result = run_pass(changed, clock=clock)
+    assert (result.new, result.results[0].updated) == (0, 0)
+    assert posts(changed) == before
+
+
+def test_a_much_shorter_version_is_not_taken(
+    tmp_path: Path, farm: Farm, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A feed that turns to excerpts does not erase the full texts archived from it."""
+    long_text = "&lt;p&gt;" + "A full paragraph of the article. " * 40 + "&lt;/p&gt;"
+    config = setup(tmp_path, farm, atom({**STORY, "content": long_text}))
+    clock = StepClock()
+    run_pass(config, clock=clock)
+    before = posts(config)
+    excerpt = {**STORY, "content": "Read more…", "updated": "2024-04-03T00:00:00Z"}
+    serve(farm, atom(excerpt))
+    for _ in range(2):
+        assert run_pass(config, clock=clock).results[0].updated == 0
+    assert posts(config) == before
+    assert caplog.text.count("much shorter text") == 1
+
+
+def test_a_post_removed_by_hand_is_not_brought_back_by_an_edit(
+    tmp_path: Path, farm: Farm, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = setup(tmp_path, farm, atom(STORY, OTHER))
+    clock = StepClock()
+    run_pass(config, clock=clock)
+    (path,) = [p for p in posts(config) if "first-version" in p]
+    (config.archive / path).unlink()
+    serve(farm, atom({**STORY, "title": "Changed", "updated": "2024-04-05T00:00:00Z"}, OTHER))
+    result = run_pass(config, clock=clock)
+    assert [(r.error, r.updated) for r in result.results] == [(None, 0)]
+    assert not (config.archive / path).exists() and "is missing" in caplog.text
+
+
+def test_a_podcast_picture_with_a_query_string_publishes(tmp_path: Path, farm: Farm) -> None:
+    """feedgen takes an episode picture only when its URL ends in .jpg or .png: one with a
+    query string goes out as media:thumbnail, and publishing goes on."""
+    body = (DATA / "media" / "podcast.xml").read_bytes().replace(b"ep042.jpg", b"ep042.jpg?v=2")
+    farm.routes["/ed"] = Answer(200, body, RSS)
+    config = load_config(write_config(tmp_path, [{"url": farm.url("/ed")}]))
+    result = run_pass(config, clock=StepClock())
+    assert result.published and result.publish_error is None
+    rss = (config.archive / "feed.xml").read_text()
+    assert '<media:thumbnail url="http://127.0.0.1:8000/podcast/ep042.jpg?v=2"/>' in rss
+    assert '<itunes:image href="http://127.0.0.1:8000/podcast/ep042.jpg?v=2"/>' not in rss
+    check_outputs(config.archive)
 
 
 def test_junk_stays_out_and_undated_items_stay_below_their_feed(tmp_path: Path, farm: Farm) -> None:

@@ -271,6 +271,7 @@ def test_an_index_of_the_previous_schema_is_upgraded_in_place(
     try:
         statuses = reader.statuses()
         assert statuses["https://ex.com/f"].name == "Ex" and not reader.publish_needed()
+        assert [r.link for r in reader.newest(10)] == ["https://ex.com/1"]  # keys were links
     finally:
         reader.close()
     # An upgrade that fails half way changes nothing.
@@ -285,7 +286,9 @@ def test_an_index_of_the_previous_schema_is_upgraded_in_place(
     check.close()
     state = State(db)
     try:
-        assert [r.title for r in state.newest(10)] == ["One"]
+        assert [(r.title, r.key, r.link) for r in state.newest(10)] == [
+            ("One", "//ex.com/1", "https://ex.com/1")  # re-keyed; the link kept
+        ]
         status = state.status("https://ex.com/f")
         assert status is not None and status.validators.etag == '"e"' and status.name == "Ex"
         assert not state.publish_needed()

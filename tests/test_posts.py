@@ -92,16 +92,19 @@ def test_item_keys() -> None:
     assert key_for("https://www2.ex.com/a") != key_for("https://ex.com/a")
     guid_only = entry(guid="tag:ex.com,2020:1")
     assert key_for(source_of(guid_only)) == "tag:ex.com,2020:1"
-    # Neither link nor GUID: known by its title and date, which a correction of its text
-    # does not change; the hash of title and text that earlier versions used is an alias.
-    neither = entry()
-    assert key_for(source_of(neither)).startswith("urn:sha256:")
-    assert source_of(neither) == source_of(entry(content="<p>corrected</p>"))
-    assert source_of(neither) != source_of(entry(title="Another"))
+    # Neither link nor GUID: a dated item is known by its title and date, which a
+    # correction of its text does not change; its title and text are its alias (what
+    # earlier versions used as its key).
     dated = entry(published=ARCHIVED)
-    assert source_of(dated) != source_of(neither)
-    assert item_identity(neither)[1] != item_identity(entry(content="<p>corrected</p>"))[1]
-    untitled = entry(title="")
+    assert key_for(source_of(dated)).startswith("urn:sha256:")
+    assert source_of(dated) == source_of(entry(published=ARCHIVED, content="<p>corrected</p>"))
+    assert source_of(dated) != source_of(entry(published=ARCHIVED, title="Another"))
+    undated = entry()
+    assert item_identity(dated)[1] == (source_of(undated),)
+    # Without a date (or a title), only the text tells an item from its feed's others.
+    assert source_of(undated) != source_of(entry(content="<p>corrected</p>"))
+    assert item_identity(undated)[1] == ()
+    untitled = entry(title="", published=ARCHIVED)
     assert source_of(untitled) != source_of(entry(title="", content="<p>other</p>"))
 
 

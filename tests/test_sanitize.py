@@ -90,11 +90,11 @@ def test_audio_and_video_keep_their_player_never_their_scripts() -> None:
     )
     out = clean(html, "https://p.ex/?url={url}")
     assert out == (
-        '<audio controls="" src="https://ex.com/a.mp3"><source type="audio/mpeg">'
+        '<audio controls="" src="https://ex.com/a.mp3" preload="none"><source type="audio/mpeg">'
         '<source src="https://ex.com/blog/b.ogg" type="audio/ogg"></audio>'
-        '<video controls="" poster="https://p.ex/?url=ex.com/blog/p.jpg">'
+        '<video controls="" poster="https://p.ex/?url=ex.com/blog/p.jpg" preload="none">'
         '<source src="https://ex.com/blog/v.mp4"></video>'
-    )
+    )  # nothing is downloaded before the reader asks
     assert_inert_html(out)
 
 

@@ -81,13 +81,10 @@ def one_line(value: str) -> str:
 
 
 def html_of(detail: Mapping[str, Any]) -> str:
-    """A text construct as HTML. Text without a single tag keeps its line breaks (a video's
-    description, which feeds often label HTML)."""
+    """A text construct as HTML."""
     value = xml_safe(str(detail.get("value") or ""))
     if detail.get("type") not in HTML_TYPES:
         value = html.escape(value, quote=False)
-    if "<" not in value and "\n" in value.strip():
-        value = "<br>\n".join(value.strip().split("\n"))
     return value
 
 
@@ -163,7 +160,7 @@ def _categories(tags: Any) -> tuple[str, ...]:
 def _enclosures(links: Any, base: str) -> tuple[Media, ...]:
     if not links:
         return ()
-    return _files(
+    return unique_files(
         media(link.get("href"), base, type=link.get("type"), length=link.get("length"))
         for link in links
         if isinstance(link, Mapping) and link.get("rel") == "enclosure"
@@ -173,7 +170,7 @@ def _enclosures(links: Any, base: str) -> tuple[Media, ...]:
 def _media(contents: Any, base: str) -> tuple[Media, ...]:
     if not contents:
         return ()
-    return _files(
+    return unique_files(
         media(
             m.get("url"),
             base,
@@ -266,7 +263,7 @@ _MEDIA = frozenset({"image", "audio", "video", "document", "executable"})
 MAX_FILES = 20  # per item: a feed listing thousands must not bloat every post
 
 
-def _files(found: Iterable[Media | None]) -> tuple[Media, ...]:
+def unique_files(found: Iterable[Media | None]) -> tuple[Media, ...]:
     """The files found, each URL once, at most :data:`MAX_FILES`."""
     unique: dict[str, Media] = {}
     for item in found:

@@ -9,7 +9,7 @@ from typing import Any
 
 from aggregator.errors import ParseError
 from aggregator.models import Entry, ParsedFeed, newest
-from aggregator.parsers.common import MAX_FILES, media, names
+from aggregator.parsers.common import media, names, unique_files
 from aggregator.sanitize import xml_safe
 from aggregator.urls import resolve_url
 
@@ -103,6 +103,6 @@ def _json_entry(item: dict[str, Any], feed_url: str) -> Entry:
         updated=_json_date(_json_str(item, "date_modified")),
         authors=names(p.get("name") for p in people if isinstance(p, dict)),
         categories=names(tags),
-        enclosures=tuple(f for f in files if f is not None)[:MAX_FILES],
+        enclosures=unique_files(files),
         image=resolve_url(image, base) if image else None,
     )

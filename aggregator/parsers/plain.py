@@ -198,7 +198,7 @@ def _atom_link(element: Any, url: str, context: dict[str, Any]) -> None:
     href = element.get("href")
     if href is None or len(element):
         raise _NotPlain
-    rel = element.get("rel", "alternate")
+    rel = element.get("rel", "alternate").lower()  # (feedparser lowercases it)
     kind = (
         element.get("type") or ("application/atom+xml" if rel == "self" else "text/html")
     ).lower()
