@@ -49,6 +49,8 @@ class _JsonFormatter(logging.Formatter):
 
 
 def _setup_logging(args: argparse.Namespace, console: Console | None = None) -> None:
+    from aggregator.secrets import ScrubFilter  # noqa: PLC0415
+
     verbose, quiet, fmt = args.verbose, args.quiet, args.log_format
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     root = logging.getLogger()
@@ -66,11 +68,14 @@ def _setup_logging(args: argparse.Namespace, console: Console | None = None) -> 
             if fmt == "json"
             else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
+    handler.addFilter(ScrubFilter())  # no secret of feeds.yaml in any line, whoever logs it
     root.addHandler(handler)
     root.setLevel(level)
     # uvicorn's start and stop lines repeat the daemon's own
-    for noisy in ("httpx", "httpcore", "apscheduler", "uvicorn.error"):
+    for noisy in ("httpcore", "apscheduler", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # httpx's line per request is for -v only (then it shows secret query values masked)
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _load(config_path: Path | None) -> Config:
@@ -93,11 +98,19 @@ def _fail(error: AggregatorError) -> _Exit:
 def check(args: argparse.Namespace) -> int:
     """Validate feeds.yaml and print every problem with its file, line and key.
 
-    Exit status 0 if valid, 2 if not.
+    Also warns of secrets written in the file and of TLS checks turned off, and names
+    the secrets that cannot be read (environment variables not set, files missing),
+    without printing any. Exit status 0 if valid, 2 if not or if a secret is missing.
 
     Example: aggregator check -c ~/feeds/feeds.yaml
     """
     cfg = _load(args.config)
+    for warning in cfg.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for missing in cfg.missing:
+        print(f"error: {missing} (the feed will fail until it is)", file=sys.stderr)
+    if cfg.missing:
+        return EXIT_CONFIG
     print(f"{cfg.path}: OK, {len(cfg.feeds)} feeds, archive in {cfg.archive}")
     return EXIT_OK
 

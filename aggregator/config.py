@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,17 @@ from aggregator.models import (
     DEFAULT_MAX_PER_HOST,
     DEFAULT_PORT,
     KEEP_GLOBAL,
+    MEDIA_KEEP,
+    MEDIA_KEEP_ENCLOSURES,
+    MEDIA_OFF,
+    Access,
     Config,
     FeedSource,
     ItemRules,
     Podcast,
 )
 from aggregator.posts import slugify
+from aggregator.secrets import public_url, register
 from aggregator.timing import DEFAULT_INTERVAL, MIN_INTERVAL, format_duration, parse_duration
 from aggregator.urls import is_http_url, normalize_url
 
@@ -89,7 +94,7 @@ def _integer(low: int, high: int | None = None) -> Callable[[object], int]:
 def _http_url(value: object) -> str:
     url = _string(value).strip()
     if not is_http_url(url):
-        raise _Bad(f"must be an http:// or https:// URL, not {url!r}")
+        raise _Bad(f"must be an http:// or https:// URL, not {public_url(url)[0]!r}")
     return url
 
 
@@ -185,6 +190,112 @@ def _email(value: object) -> str:
     return address
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Where a secret is: given in feeds.yaml, in an environment variable, or in a file."""
+
+    kind: str  # "literal", "env" or "file"
+    value: str  # the secret itself, the variable's name, or the file's path
+
+    def __repr__(self) -> str:
+        return "SecretRef(literal)" if self.kind == "literal" else f"SecretRef({self.kind})"
+
+
+def _header_value(value: object) -> str:
+    text = _string(value)
+    if not all(" " <= c <= "~" or c == "\t" for c in text):
+        raise _Bad("must be printable ASCII on one line")
+    return text
+
+
+def _secret(value: object) -> SecretRef:
+    """A secret: a string, or ``{env: NAME}``, or ``{file: PATH}``."""
+    if isinstance(value, str):
+        return SecretRef("literal", _header_value(value))
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, where),) = value.items()
+        if kind == "env" and isinstance(where, str) and _ENV_NAME.fullmatch(where):
+            return SecretRef("env", where)
+        if kind == "file" and isinstance(where, str) and where.strip():
+            return SecretRef("file", where.strip())
+    raise _Bad("must be a string, {env: VARIABLE} or {file: PATH}")
+
+
+def _auth(data: object, loc: Loc, report: Report) -> dict[str, Any] | None:
+    """``auth: {username: ..., password | password_env | password_file: ...}``."""
+    fields = _mapping(
+        {
+            "username": (_simple(_header_value), _REQUIRED),
+            "password": (_simple(_header_value), None),
+            "password_env": (_simple(_env_name), None),
+            "password_file": (_simple(_text), None),
+        }
+    )(data, loc, report)
+    if not fields:
+        return None
+    given = [k for k in ("password", "password_env", "password_file") if fields.get(k) is not None]
+    if len(given) != 1:
+        report(loc, "needs exactly one of password, password_env or password_file")
+        return None
+    if ":" in (fields.get("username") or ""):
+        report((*loc, "username"), "must not contain ':' (basic auth cannot carry it)")
+        return None
+    kind = {"password": "literal", "password_env": "env", "password_file": "file"}[given[0]]
+    return {"username": fields["username"], "password": SecretRef(kind, fields[given[0]])}
+
+
+def _env_name(value: object) -> str:
+    name = _text(value)
+    if not _ENV_NAME.fullmatch(name):
+        raise _Bad(f"must be the name of an environment variable, not {name!r}")
+    return name
+
+
+def _headers(data: object, loc: Loc, report: Report) -> tuple[tuple[str, SecretRef], ...]:
+    if not isinstance(data, dict):
+        report(loc, f"must be a mapping of header names to values, got {_got(data)}")
+        return ()
+    out = []
+    for name, value in data.items():
+        where = (*loc, str(name))
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            report(where, "is not a valid HTTP header name")
+        elif name.lower() in _HOP_HEADERS:
+            report(where, "is set by the HTTP client itself, not by feeds.yaml")
+        else:
+            out.append((name, _simple(_secret)(value, where, report)))
+    return tuple(out)
+
+
+def _proxy(value: object) -> str:
+    url = _text(value)
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("http", "https", "socks5", "socks5h") or "://" not in url:
+        raise _Bad("must be an http://, https://, socks5:// or socks5h:// URL")
+    return url
+
+
+def _full_text(value: object) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return _css_selector(value)
+    raise _Bad(f"must be true, false or a CSS selector, got {_got(value)}")
+
+
+def _media(value: object) -> str:
+    if value is False:
+        return MEDIA_OFF
+    if value in (MEDIA_KEEP, MEDIA_KEEP_ENCLOSURES):
+        return str(value)
+    raise _Bad(f"must be keep, keep_enclosures or false, got {_got(value)}")
+
+
 def default_workers() -> int:
     """One parse worker per CPU this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -261,6 +372,14 @@ def _flag_value(text: str) -> bool:
     return text.strip() == "true"
 
 
+def _full_text_text(value: Any) -> str:
+    return "true" if value is True else str(value)
+
+
+def _full_text_value(text: str) -> bool | str:
+    return {"true": True, "false": False}.get(text.strip(), text)
+
+
 def _proxy_said(source: FeedSource, _: Config) -> Any:
     proxy = source.rules.image_proxy
     return None if proxy == KEEP_GLOBAL else (proxy or False)
@@ -300,6 +419,29 @@ FEED_KEYS = (
         "updates", _simple(_boolean), True, lambda s, _: False if not s.updates else None,
         "updates", _flag_text, _flag_value,
     ),
+    FeedKey(
+        "full_text", _simple(_full_text), False, lambda s, _: s.full_text or None,
+        "full_text", _full_text_text, _full_text_value,
+    ),
+    FeedKey(
+        "media", _simple(_media), None, lambda s, c: s.media if s.media != c.media else None,
+        "media", lambda v: "false" if v == MEDIA_OFF else v,
+        lambda text: MEDIA_OFF if text == "false" else text,
+    ),
+    # How to fetch it. Credentials are never exported (an export says it left them out).
+    FeedKey("auth", _auth, None, lambda s, _: None),
+    FeedKey("headers", _headers, (), lambda s, _: None),
+    FeedKey("cookie", _simple(_secret), None, lambda s, _: None),
+    FeedKey("proxy", _simple(_proxy), None, lambda s, _: None),
+    FeedKey(
+        "user_agent", _simple(_user_agent), None,
+        lambda s, _: s.access.user_agent if s.access else None, "user_agent",
+    ),
+    FeedKey(
+        "verify_tls", _simple(_boolean), True,
+        lambda s, _: False if s.access and not s.access.verify_tls else None,
+        "verify_tls", _flag_text, _flag_value,
+    ),
 )  # fmt: skip
 FEED_KEY_NAMES = tuple(k.key for k in FEED_KEYS)
 _FEED = _mapping({k.key: (k.check, k.default) for k in FEED_KEYS})
@@ -335,6 +477,7 @@ _TOP = _mapping(
         "archive": (_simple(_text), "archive"),
         "max_items": (_simple(_integer(1, 10_000)), DEFAULT_MAX_ITEMS),
         "image_proxy": (_simple(_image_proxy), None),
+        "media": (_simple(_media), MEDIA_OFF),
         "user_agent": (_simple(_user_agent), None),
         "max_feed_bytes": (_simple(_integer(1024)), DEFAULT_MAX_FEED_BYTES),
         "max_entries": (_simple(_integer(1)), DEFAULT_MAX_ENTRIES),
@@ -384,12 +527,19 @@ def load_config(path: Path) -> Config:
     top = _TOP(data, (), report)
     if top:
         _check_settings(top, report)
+    base = path.resolve().parent
+    notes = _Notes(name, lines)
+    accesses = [
+        _access(feed, ("feeds", i), base, notes, report)
+        for i, feed in enumerate(top.get("feeds") or ())
+        if isinstance(feed, dict) and feed.get("url")
+    ]
     if not problems:
         _check_duplicates(top["feeds"], report, lines)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
-    base = path.resolve().parent
     archive = Path(os.path.expanduser(top["archive"]))
+    register(secret for a in accesses if a is not None for secret in a.secrets)
     return Config(
         path=path,
         title=top["title"],
@@ -407,9 +557,12 @@ def load_config(path: Path) -> Config:
         port=top["serve"]["port"],
         max_in_flight=top["max_in_flight"],
         max_in_flight_per_host=top["max_in_flight_per_host"],
+        media=top["media"],
+        warnings=tuple(str(w) for w in notes.warnings),
+        missing=tuple(str(m) for m in notes.missing),
         feeds=tuple(
             FeedSource(
-                url=feed["url"],
+                url=public_url(feed["url"])[0],
                 name=feed["name"],
                 tags=tuple(dict.fromkeys(feed["tags"])),
                 interval=feed["interval"] or top["interval"],
@@ -423,8 +576,11 @@ def load_config(path: Path) -> Config:
                     full_content=feed["full_content"],
                 ),
                 updates=feed["updates"],
+                access=access,
+                full_text=feed["full_text"],
+                media=feed["media"] or top["media"],
             )
-            for i, feed in enumerate(top["feeds"])
+            for i, (feed, access) in enumerate(zip(top["feeds"], accesses, strict=True))
         ),
         podcast=_podcast(top["podcast"]),
         tag_podcasts=tuple(
@@ -433,6 +589,94 @@ def load_config(path: Path) -> Config:
             if settings.get("podcast")
         ),
     )
+
+
+@dataclass
+class _Notes:
+    """What loading says besides problems: warnings, and secrets it could not read."""
+
+    file: str
+    lines: dict[Loc, int]
+    warnings: list[ConfigProblem] = field(default_factory=list)
+    missing: list[ConfigProblem] = field(default_factory=list)
+
+    def say(self, into: list[ConfigProblem], loc: Loc, message: str) -> None:
+        line = next(
+            (self.lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in self.lines), None
+        )
+        into.append(ConfigProblem(self.file, line, format_loc(loc), message))
+
+
+def _access(
+    feed: dict[str, Any], loc: Loc, base: Path, notes: _Notes, report: Report
+) -> Access | None:
+    """What fetching the feed at ``loc`` needs besides its public URL, its secrets read
+    from the environment or their files (what cannot be read is noted as missing)."""
+    url = feed["url"]
+    public, _, userinfo = public_url(url)
+    auth, headers, cookie = feed.get("auth"), feed.get("headers") or (), feed.get("cookie")
+    proxy, agent, verify = feed.get("proxy"), feed.get("user_agent"), feed.get("verify_tls")
+    plain = not (auth or headers or cookie or proxy or agent) and verify is not False
+    if public == url and plain:
+        return None
+    reasons: list[str] = []
+
+    def read(ref: SecretRef | None, where: Loc) -> str | None:
+        if ref is None:
+            return None
+        if ref.kind == "literal":
+            return ref.value
+        if ref.kind == "env":
+            value = os.environ.get(ref.value)
+            if value is None:
+                reason = f"environment variable {ref.value} is not set"
+                notes.say(notes.missing, where, reason)
+                reasons.append(reason)
+            return value
+        file = Path(os.path.expanduser(ref.value))
+        file = file if file.is_absolute() else base / file
+        try:
+            return file.read_text(encoding="utf-8").strip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = f"cannot read {file}: {getattr(e, 'strerror', None) or e}"
+            notes.say(notes.missing, where, reason)
+            reasons.append(reason)
+            return None
+
+    username = password = None
+    if userinfo is not None:
+        if auth:
+            report((*loc, "url"), "has user:password@ and the feed has auth: keep only auth")
+        username, password = userinfo
+        notes.say(notes.warnings, (*loc, "url"), _IN_THE_FILE)
+    elif auth:
+        username = auth["username"]
+        password = read(auth["password"], (*loc, "auth"))
+        if auth["password"].kind == "literal":
+            notes.say(notes.warnings, (*loc, "auth", "password"), _IN_THE_FILE)
+    if verify is False:
+        notes.say(
+            notes.warnings,
+            (*loc, "verify_tls"),
+            "is false: anyone on the way can read and change it",
+        )
+    return Access(
+        url=url,
+        username=username,
+        password=password,
+        headers=tuple((h, v) for h, ref in headers if (v := read(ref, (*loc, "headers", h)))),
+        cookie=read(cookie, (*loc, "cookie")),
+        user_agent=agent,
+        proxy=proxy,
+        verify_tls=verify is not False,
+        missing="; ".join(reasons) or None,
+    )
+
+
+_IN_THE_FILE = (
+    "a password written in feeds.yaml: prefer password_env or password_file, and keep "
+    "the file private"
+)
 
 
 def _podcast(fields: dict[str, Any]) -> Podcast:
@@ -548,7 +792,8 @@ def _index_lines(root: yaml.Node, name: str) -> tuple[dict[Loc, int], list[Confi
 def _check_duplicates(feeds: list[dict[str, Any]], report: Report, lines: dict[Loc, int]) -> None:
     first: dict[str, int] = {}
     for i, feed in enumerate(feeds):
-        key = normalize_url(feed["url"]) or feed["url"]
+        public = public_url(feed["url"])[0]
+        key = normalize_url(public) or public
         if key in first:
             j = first[key]
             where = lines.get(("feeds", j, "url"))

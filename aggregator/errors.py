@@ -35,9 +35,11 @@ class FeedError(AggregatorError):
     """Something went wrong with one feed; ``reason`` is a one-line explanation."""
 
     def __init__(self, url: str, reason: str) -> None:
+        from aggregator.secrets import scrub  # noqa: PLC0415 -- a reason may quote a secret
+
         self.url = url
-        self.reason = reason
-        super().__init__(f"{url}: {reason}")
+        self.reason = scrub(reason)
+        super().__init__(f"{url}: {self.reason}")
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
         """Rebuilt from (url, reason) when it crosses a process boundary."""

@@ -9,6 +9,7 @@ gzip bomb or an endless body is abandoned early.
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import zlib
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ import httpx
 
 from aggregator import __version__
 from aggregator.errors import FetchError
-from aggregator.models import DEFAULT_MAX_FEED_BYTES, Fetched, NotModified, Validators
+from aggregator.models import DEFAULT_MAX_FEED_BYTES, Access, Fetched, NotModified, Validators
+from aggregator.secrets import public_url
 from aggregator.urls import is_http_url
 
 ACCEPT = (
@@ -43,26 +45,35 @@ def default_user_agent(link: str) -> str:
     return f"aggregator/{__version__} (+{link})"
 
 
+ROUTE = "aggregator.route"  # request extension: (proxy URL or None, verify TLS)
+
+
 class _Transports(httpx.AsyncBaseTransport):
     """One connection pool for http, one for https made on first use: loading the TLS
-    trust store costs ~40 ms, which a pass over plain-HTTP feeds need not pay."""
+    trust store costs ~40 ms, which a pass over plain-HTTP feeds need not pay. A feed
+    with a proxy or without TLS checks gets pools of its own, chosen by the request's
+    :data:`ROUTE` extension."""
 
     def __init__(self) -> None:
         self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        self._plain = httpx.AsyncHTTPTransport(limits=self._limits, verify=False)  # no TLS here
-        self._tls: httpx.AsyncHTTPTransport | None = None
+        self._pools: dict[tuple[str | None, bool, bool], httpx.AsyncHTTPTransport] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme == "https":
-            if self._tls is None:
-                self._tls = httpx.AsyncHTTPTransport(limits=self._limits)
-            return await self._tls.handle_async_request(request)
-        return await self._plain.handle_async_request(request)
+        proxy, verify = request.extensions.get(ROUTE, (None, True))
+        tls = request.url.scheme == "https"
+        key = (proxy, verify or not tls, tls)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = httpx.AsyncHTTPTransport(
+                limits=self._limits,
+                verify=tls and verify,  # (plain HTTP: no trust store to load)
+                proxy=proxy,
+            )
+        return await pool.handle_async_request(request)
 
     async def aclose(self) -> None:
-        await self._plain.aclose()
-        if self._tls is not None:
-            await self._tls.aclose()
+        for pool in self._pools.values():
+            await pool.aclose()
 
 
 def make_client(
@@ -82,22 +93,34 @@ def make_client(
 
 
 async def fetch_feed(
-    client: httpx.AsyncClient, url: str, validators: Validators, settings: FetchSettings
+    client: httpx.AsyncClient,
+    url: str,
+    validators: Validators,
+    settings: FetchSettings,
+    access: Access | None = None,
 ) -> Fetched | NotModified:
-    """GET ``url`` conditionally; raise :class:`FetchError` on any failure."""
+    """GET ``url`` conditionally; raise :class:`FetchError` on any failure.
+
+    ``access``: the feed's credentials and transport; its credentials go to ``url``'s
+    origin only, never to where a redirect leads elsewhere. What the answer and errors
+    say of the URL is its public form.
+    """
+    if access is not None and access.missing:
+        raise FetchError(public_url(url)[0], f"not fetched: {access.missing}")
     try:
         async with asyncio.timeout(settings.deadline):
-            return await _fetch(client, url, validators, settings)
+            return await _fetch(client, url, validators, settings, access)
     except TimeoutError:
-        raise FetchError(url, f"no complete answer within {settings.deadline:g} s") from None
+        shown = public_url(url)[0]
+        raise FetchError(shown, f"no complete answer within {settings.deadline:g} s") from None
     except httpx.TimeoutException as e:
-        raise FetchError(url, f"timed out ({type(e).__name__})") from e
+        raise FetchError(public_url(url)[0], f"timed out ({type(e).__name__})") from e
     except httpx.HTTPError as e:
-        raise FetchError(url, _describe(e)) from e
+        raise FetchError(public_url(url)[0], _describe(e)) from e
     except httpx.InvalidURL as e:  # raised for a bad Location header too
-        raise FetchError(url, f"invalid URL: {e}") from e
+        raise FetchError(public_url(url)[0], f"invalid URL: {e}") from e
     except httpx.StreamError as e:
-        raise FetchError(url, f"{type(e).__name__}: {e}") from e
+        raise FetchError(public_url(url)[0], f"{type(e).__name__}: {e}") from e
 
 
 def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
@@ -128,23 +151,52 @@ def _describe(e: httpx.HTTPError) -> str:
     return f"{type(e).__name__}: {text}"
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = httpx.URL(url)
+    return parts.scheme, parts.host, parts.port
+
+
+def access_headers(access: Access) -> dict[str, str]:
+    """The request headers ``access`` adds (credentials among them)."""
+    headers = dict(access.headers)
+    if access.username is not None:
+        pair = f"{access.username}:{access.password or ''}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    if access.cookie:
+        headers["Cookie"] = access.cookie
+    return headers
+
+
 async def _fetch(
-    client: httpx.AsyncClient, url: str, validators: Validators, settings: FetchSettings
+    client: httpx.AsyncClient,
+    url: str,
+    validators: Validators,
+    settings: FetchSettings,
+    access: Access | None = None,
 ) -> Fetched | NotModified:
     headers = {}
     if validators.etag:
         headers["If-None-Match"] = validators.etag
     if validators.last_modified:
         headers["If-Modified-Since"] = validators.last_modified
+    private = access_headers(access) if access is not None else {}
+    extensions = {}
+    if access is not None and (access.proxy or not access.verify_tls):
+        extensions[ROUTE] = (access.proxy, access.verify_tls)
+    home = _origin(url)
+    shown = public_url(url)[0]
     target = url
     permanent = True  # every hop so far was 301/308
     for _ in range(settings.max_redirects + 1):
-        request = client.build_request("GET", target, headers=headers)
+        sent = {**headers, **private} if _origin(target) == home else headers
+        if access is not None and access.user_agent:  # (not a secret: sent everywhere)
+            sent = {**sent, "User-Agent": access.user_agent}
+        request = client.build_request("GET", target, headers=sent, extensions=extensions)
         response = await client.send(request, stream=True)
         try:
             status = response.status_code
             if status in _REDIRECTS and "location" in response.headers:
-                target = _redirect_target(url, target, response.headers["location"])
+                target = _redirect_target(shown, target, response.headers["location"])
                 permanent = permanent and status in _PERMANENT
                 continue
             new_validators = Validators(
@@ -153,16 +205,17 @@ async def _fetch(
             )
             if status == 304:
                 if not headers:
-                    raise FetchError(url, "HTTP 304 Not Modified to a request without validators")
+                    raise FetchError(shown, "HTTP 304 Not Modified to a request without validators")
                 kept = {k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers}
-                return NotModified(url, new_validators, kept)
+                return NotModified(shown, new_validators, kept)
             if not 200 <= status < 300:
                 reason = f"HTTP {status} {response.reason_phrase or ''}".strip()
-                raise FetchError(url, reason, status, response.headers.get("retry-after"))
-            body = await _read_body(response, url, settings.max_bytes)
+                raise FetchError(shown, reason, status, response.headers.get("retry-after"))
+            body = await _read_body(response, shown, settings.max_bytes)
+            moved = public_url(target)[0] if permanent and target != url else None
             return Fetched(
-                url=url,
-                final_url=str(response.url),
+                url=shown,
+                final_url=public_url(str(response.url))[0],
                 status=status,
                 content=body,
                 content_type=response.headers.get("content-type"),
@@ -170,11 +223,12 @@ async def _fetch(
                     response.headers.get("etag"), response.headers.get("last-modified")
                 ),
                 headers={k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers},
-                moved_to=target if permanent and target != url else None,
+                # (kept only when it needs no secret: the moved-to URL is stored)
+                moved_to=moved if moved == target else None,
             )
         finally:
             await response.aclose()
-    raise FetchError(url, f"more than {settings.max_redirects} redirects")
+    raise FetchError(shown, f"more than {settings.max_redirects} redirects")
 
 
 def _redirect_target(url: str, current: str, location: str) -> str:

@@ -81,23 +81,86 @@ class ItemRules:
     full_content: bool = True  # False: the feed's summary only
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class Access:
+    """What fetching a private or difficult feed needs besides its public URL. Holds
+    secrets: never printed (its repr names only what is set), never published."""
+
+    url: str  # the URL to fetch: the public one, plus its secret query parameters
+    username: str | None = None  # HTTP basic auth
+    password: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # extra request headers
+    cookie: str | None = None  # the Cookie header
+    user_agent: str | None = None  # instead of the global one
+    proxy: str | None = None  # http://, https:// or socks5:// URL
+    verify_tls: bool = True
+    missing: str | None = None  # a secret feeds.yaml names but that could not be read
+
+    def __repr__(self) -> str:
+        said = [f.name for f in fields(self) if f.name not in ("url", "verify_tls")]
+        said = [name for name in said if getattr(self, name)]
+        return f"Access({', '.join(said + ([] if self.verify_tls else ['verify_tls=False']))})"
+
+    @property
+    def credentials(self) -> bool:
+        """True when it carries anything secret (what an export must leave out)."""
+        return bool(self.secrets) or self.username is not None
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value it holds, for :func:`aggregator.secrets.scrub`."""
+        from aggregator.secrets import public_url  # noqa: PLC0415
+
+        values = [self.password or "", self.cookie or "", *(v for _, v in self.headers)]
+        values += public_url(self.url)[1]
+        if self.proxy:
+            values += [v for v in (public_url(self.proxy)[2] or ("", ""))[1:] if v]
+        return tuple(v for v in values if v)
+
+    @property
+    def fingerprint(self) -> str:
+        """What of it may be told: who, which headers, through what (no secret value)."""
+        from aggregator.secrets import public_url, without_userinfo  # noqa: PLC0415
+
+        proxy = without_userinfo(self.proxy) if self.proxy else None
+        names = tuple(name for name, _ in self.headers)
+        said = (public_url(self.url)[0], self.username, names, self.user_agent, proxy)
+        return repr((*said, self.verify_tls, self.cookie is not None))
+
+
+MEDIA_OFF, MEDIA_KEEP, MEDIA_KEEP_ENCLOSURES = "off", "keep", "keep_enclosures"
+
+
 @dataclass(frozen=True, slots=True)
 class FeedSource:
     """One entry of ``feeds:`` in feeds.yaml."""
 
-    url: str
+    url: str  # public: without user:pass@ nor secret query parameters (see ``access``)
     name: str | None = None  # None: use the feed's own title
     tags: tuple[str, ...] = ()
     interval: int = DEFAULT_INTERVAL  # seconds between polls
     line: int | None = None  # where feeds.yaml declares it, for messages
     rules: ItemRules = ItemRules()
     updates: bool = True  # rewrite a post when the source edits its item
+    access: Access | None = None  # credentials, headers, proxy, TLS: None for a plain GET
+    full_text: bool | str = False  # fetch each item's page: True (extract) or a CSS selector
+    media: str = MEDIA_OFF  # MEDIA_KEEP: download pictures into the archive; or with files
 
     @property
     def settings(self) -> str:
         """What the user wrote for this feed; a change means "poll it again" (after 410)."""
-        said = (self.url, self.name, self.tags, self.interval, self.rules)
-        return repr(said if self.updates else (*said, "updates: false"))
+        said: tuple[object, ...] = (self.url, self.name, self.tags, self.interval, self.rules)
+        if not self.updates:
+            said += ("updates: false",)
+        if self.access is not None:
+            said += (self.access.fingerprint,)
+        if self.full_text or self.media != MEDIA_OFF:
+            said += (self.full_text, self.media)
+        return repr(said)
+
+    @property
+    def fetch_url(self) -> str:
+        return self.access.url if self.access is not None else self.url
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +208,9 @@ class Config:
     feeds: tuple[FeedSource, ...] = ()
     podcast: Podcast = Podcast()  # of every published feed
     tag_podcasts: tuple[tuple[str, Podcast], ...] = ()  # per tag, over ``podcast``
+    media: str = MEDIA_OFF  # the feeds' default ``media:``
+    warnings: tuple[str, ...] = ()  # allowed, but worth a word (a password in the file)
+    missing: tuple[str, ...] = ()  # secrets named but unreadable: those feeds will fail
 
 
 @dataclass(frozen=True, slots=True)

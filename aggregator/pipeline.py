@@ -259,10 +259,12 @@ class Poller:
     ) -> tuple[Observation, tuple[int, int], float | None]:
         """Poll the feed; return what was seen, the posts archived and the fetch time."""
         validators = previous.validators if previous else Validators()
-        target = (previous.moved_to if previous else None) or source.url
+        target = (previous.moved_to if previous else None) or source.fetch_url
         fetch_started = time.monotonic()
         async with self.limits.slot(target):
-            fetched = await fetch_feed(self.client, target, validators, self.settings)
+            fetched = await fetch_feed(
+                self.client, target, validators, self.settings, source.access
+            )
         fetch_seconds = time.monotonic() - fetch_started
         if isinstance(fetched, NotModified):
             hint = cache_hint(fetched.headers, None, self.clock())

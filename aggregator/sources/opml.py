@@ -27,6 +27,13 @@ class Outline:
     name: str | None
     tags: tuple[str, ...]
     options: dict[str, Any]  # this project's own per-feed options, when it wrote the file
+    left_out: bool = False  # its export left its credentials out (see OMITTED)
+
+
+# The attribute an export puts on a feed whose credentials (auth, headers, cookie, proxy,
+# secret query parameters) it left out: an import skips it, saying so.
+OMITTED = "credentials"
+OMITTED_VALUE = "left out"
 
 
 def read_opml(data: bytes, name: str) -> list[Outline]:
@@ -53,8 +60,11 @@ def read_opml(data: bytes, name: str) -> list[Outline]:
                 label = "" if label == url else label  # a placeholder, not a name
                 tags = folders + tuple(_categories(outline.get("category") or ""))
                 found.append(
-                    Outline(url, label or None, tuple(dict.fromkeys(tags)), _options(outline))
-                )
+                    Outline(
+                        url, label or None, tuple(dict.fromkeys(tags)), _options(outline),
+                        outline.get(OMITTED) == OMITTED_VALUE,
+                    )
+                )  # fmt: skip
             else:
                 walk(outline, folders + ((label,) if label else ()))
 
@@ -98,6 +108,11 @@ def import_opml(path: Path, opml: Path) -> ImportReport:
         if not is_http_url(outline.url):
             report.skipped.append((outline.url, "not an http:// or https:// URL"))
             continue
+        if outline.left_out:
+            report.skipped.append(
+                (outline.url, "its credentials were left out of the export: add it by hand")
+            )
+            continue
         if (index := editable.find(outline.url)) is not None:
             report.skipped.append((outline.url, f"already in feeds.yaml (feeds[{index}])"))
             continue
@@ -126,6 +141,8 @@ def export_opml(config: Config, names: dict[str, str]) -> bytes:
         )
         if source.tags:
             outline.set("category", ",".join(_category(t) for t in source.tags))
+        if source.access is not None and (source.access.credentials or source.access.proxy):
+            outline.set(OMITTED, OMITTED_VALUE)
         for key, value in _option_attributes(source, config).items():
             outline.set(key, xml_safe(value))
     ET.indent(opml)
