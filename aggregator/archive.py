@@ -28,7 +28,7 @@ from pathlib import Path
 
 from aggregator.errors import ArchiveError, IndexDamaged
 from aggregator.models import FeedSource, Post
-from aggregator.posts import post_path, read_post, render_post, truncate_ms
+from aggregator.posts import LOCAL_MEDIA, post_path, read_post, render_post, truncate_ms
 from aggregator.state import ItemRecord, Known, State
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,8 @@ class Archive:
     A damaged index file is moved aside (kept, with the time in its name) and replaced by
     a new one, which :meth:`prepare` rebuilds from the posts.
     """
+
+    media_used: set[str]  # after reindex: the kept files the posts refer to
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -352,17 +354,44 @@ class Archive:
         self.state.stop_revising(capped, limit)
         if not revised:
             return []
+        self._replace([post for post, _ in revised])
+        self.state.revised(revised)
+        return [post for post, _ in revised]
+
+    def finish(self, posts: Iterable[tuple[Post, Known]]) -> list[Post]:
+        """Rewrite in place the posts a later try completed (their article page or
+        pictures fetched now); return those rewritten. Each keeps its file, its date and
+        its ``updated``; one whose text would not change is left alone."""
+        done: list[Post] = []
+        for post, was in posts:
+            if was.feed_url not in (None, post.feed_url):
+                continue
+            try:
+                archived = (self.root / was.path).read_text(encoding="utf-8")
+                updated = read_post(archived, was.path).updated
+            except (OSError, ValueError):  # removed or broken by hand: `reindex` says so
+                continue
+            said = read_post(post.text, was.path)
+            now = dataclasses.replace(said, archived=was.archived, updated=updated)
+            text = render_post(now)
+            if text != archived:
+                done.append(dataclasses.replace(post, path=was.path, text=text))
+        if done:
+            self._replace(done)
+            self.state.publish_later()
+        return done
+
+    def _replace(self, posts: list[Post]) -> None:
+        """Write each post over its file: temp, durable, renamed, folder durable."""
         try:
-            for post, _ in revised:
+            for post in posts:
                 self._write_temp(post)
-            self._commit_files([post for post, _ in revised])
+            self._commit_files(posts)
         except OSError as e:
-            for post, _ in revised:
+            for post in posts:
                 with contextlib.suppress(OSError):
                     _temp_path(self.root / post.path).unlink()
             raise ArchiveError(f"archive write failed: {e}") from e
-        self.state.revised(revised)
-        return [post for post, _ in revised]
 
     def _keep_archived(self, post: Post, was: Known) -> str | None:
         """Why the archived version must stay, if it must: its file is gone (removed by
@@ -483,12 +512,17 @@ class Archive:
         """
         records: dict[str, ItemRecord] = {}
         problems: list[str] = []
+        self.media_used = set()
         for path in self.post_paths():
             try:
                 post = self.read_post(path)
             except ArchiveError as e:
                 problems.append(str(e))
                 continue
+            for kept in _kept_files(post):
+                self.media_used.add(kept)
+                if not (self.root / kept.lstrip("/")).is_file():
+                    problems.append(f"{path}: refers to {kept}, which is not in the archive")
             key = post.key
             if key in records:
                 problems.append(f"{path}: duplicate of {records[key].path}")
@@ -506,6 +540,15 @@ class Archive:
             )
         self.state.replace_items(records.values())
         return len(records), problems
+
+
+def _kept_files(post: Post) -> set[str]:
+    """The files of the archive's ``media/`` folder the post refers to."""
+    urls = [post.image or "", *(m.url for m in (*post.media, *post.enclosures))]
+    found = {u for u in urls if LOCAL_MEDIA.fullmatch(u)}
+    if "/media/" in post.content:
+        found.update(LOCAL_MEDIA.findall(post.content))
+    return found
 
 
 def _later(new: datetime | None, old: datetime | None) -> bool:

@@ -271,7 +271,9 @@ def reindex(args: argparse.Namespace) -> int:
 
     Use it after deleting or editing posts by hand, or if the index was lost or damaged
     (a damaged one is moved aside, not deleted): the posts are the truth. HTTP
-    validators are kept when they can be read. Republishes the merged feed.
+    validators are kept when they can be read. Republishes the merged feed. Says which
+    posts refer to kept files (media/) that are missing; with --media, removes the kept
+    files no post refers to any more (after posts were deleted).
 
     Example: aggregator reindex -c feeds.yaml
     """
@@ -292,6 +294,11 @@ def reindex(args: argparse.Namespace) -> int:
                 archive.replace_damaged_index(e)
                 names = archive.names_of(cfg.feeds)
             count, problems = archive.reindex(names)
+            if args.media:
+                from aggregator.media import MediaStore  # noqa: PLC0415
+
+                files, size = MediaStore(cfg.archive).prune(archive.media_used)
+                print(f"removed {files} kept files ({size:,} bytes) that no post refers to")
             publish(cfg, archive, utc_now())
             if archive.damaged:
                 problems.insert(0, f"the index {archive.state.path} {archive.damaged}")
@@ -494,6 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         elif name == "remove":
             sub.add_argument("feed", metavar="URL|NAME", help="the feed's URL or its name")
+        elif name == "reindex":
+            sub.add_argument(
+                "--media", action="store_true",
+                help="also remove the kept files (media/) that no post refers to",
+            )  # fmt: skip
         elif name == "import-opml":
             sub.add_argument("file", type=Path, metavar="FILE", help="the OPML file")
         elif name == "demo":

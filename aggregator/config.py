@@ -33,6 +33,7 @@ from aggregator.models import (
     Config,
     FeedSource,
     ItemRules,
+    MediaLimits,
     Podcast,
 )
 from aggregator.posts import slugify
@@ -469,6 +470,7 @@ def _tag_settings(data: object, loc: Loc, report: Report) -> dict[str, Any]:
     return {str(tag): _TAG(value, (*loc, str(tag)), report) for tag, value in data.items()}
 
 
+_MEDIA_LIMITS = MediaLimits()
 _TOP = _mapping(
     {
         "title": (_simple(_text), "Aggregator"),
@@ -478,6 +480,16 @@ _TOP = _mapping(
         "max_items": (_simple(_integer(1, 10_000)), DEFAULT_MAX_ITEMS),
         "image_proxy": (_simple(_image_proxy), None),
         "media": (_simple(_media), MEDIA_OFF),
+        "media_limits": (
+            _mapping(
+                {
+                    "image": (_simple(_integer(1024)), _MEDIA_LIMITS.image),
+                    "enclosure": (_simple(_integer(1024)), _MEDIA_LIMITS.enclosure),
+                    "total": (_simple(_integer(1024)), _MEDIA_LIMITS.total),
+                }
+            ),
+            dict,
+        ),
         "user_agent": (_simple(_user_agent), None),
         "max_feed_bytes": (_simple(_integer(1024)), DEFAULT_MAX_FEED_BYTES),
         "max_entries": (_simple(_integer(1)), DEFAULT_MAX_ENTRIES),
@@ -558,6 +570,7 @@ def load_config(path: Path) -> Config:
         max_in_flight=top["max_in_flight"],
         max_in_flight_per_host=top["max_in_flight_per_host"],
         media=top["media"],
+        media_limits=MediaLimits(**top["media_limits"]) if top["media_limits"] else MediaLimits(),
         warnings=tuple(str(w) for w in notes.warnings),
         missing=tuple(str(m) for m in notes.missing),
         feeds=tuple(

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import socket
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -39,6 +40,7 @@ class FetchSettings:
     timeout: float = 10.0  # connect, read, write
     deadline: float = 30.0  # the whole fetch, body included
     max_redirects: int = 5
+    accept: str = ACCEPT  # what is asked for: feeds, or a page or a picture
 
 
 def default_user_agent(link: str) -> str:
@@ -98,18 +100,24 @@ async def fetch_feed(
     validators: Validators,
     settings: FetchSettings,
     access: Access | None = None,
+    *,
+    home: str | None = None,
+    sink: Callable[[bytes], None] | None = None,
 ) -> Fetched | NotModified:
     """GET ``url`` conditionally; raise :class:`FetchError` on any failure.
 
-    ``access``: the feed's credentials and transport; its credentials go to ``url``'s
-    origin only, never to where a redirect leads elsewhere. What the answer and errors
-    say of the URL is its public form.
+    ``access``: the feed's credentials and transport; its credentials go to the origin
+    of ``home`` (default: ``url``) only, never to where a redirect leads elsewhere. What
+    the answer and errors say of the URL is its public form. ``sink``: takes the body
+    piece by piece (a big file is not held in memory; the answer's content is then empty).
     """
     if access is not None and access.missing:
         raise FetchError(public_url(url)[0], f"not fetched: {access.missing}")
     try:
         async with asyncio.timeout(settings.deadline):
-            return await _fetch(client, url, validators, settings, access)
+            return await _fetch(
+                client, url, validators, settings, access, origin=home or url, sink=sink
+            )
     except TimeoutError:
         shown = public_url(url)[0]
         raise FetchError(shown, f"no complete answer within {settings.deadline:g} s") from None
@@ -172,9 +180,12 @@ async def _fetch(
     url: str,
     validators: Validators,
     settings: FetchSettings,
-    access: Access | None = None,
+    access: Access | None,
+    *,
+    origin: str,
+    sink: Callable[[bytes], None] | None = None,
 ) -> Fetched | NotModified:
-    headers = {}
+    headers = {} if settings.accept == ACCEPT else {"Accept": settings.accept}
     if validators.etag:
         headers["If-None-Match"] = validators.etag
     if validators.last_modified:
@@ -183,7 +194,7 @@ async def _fetch(
     extensions = {}
     if access is not None and (access.proxy or not access.verify_tls):
         extensions[ROUTE] = (access.proxy, access.verify_tls)
-    home = _origin(url)
+    home = _origin(origin)
     shown = public_url(url)[0]
     target = url
     permanent = True  # every hop so far was 301/308
@@ -204,14 +215,14 @@ async def _fetch(
                 response.headers.get("last-modified") or validators.last_modified,
             )
             if status == 304:
-                if not headers:
+                if not validators:
                     raise FetchError(shown, "HTTP 304 Not Modified to a request without validators")
                 kept = {k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers}
                 return NotModified(shown, new_validators, kept)
             if not 200 <= status < 300:
                 reason = f"HTTP {status} {response.reason_phrase or ''}".strip()
                 raise FetchError(shown, reason, status, response.headers.get("retry-after"))
-            body = await _read_body(response, shown, settings.max_bytes)
+            body = await _read_body(response, shown, settings.max_bytes, sink)
             moved = public_url(target)[0] if permanent and target != url else None
             return Fetched(
                 url=shown,
@@ -285,9 +296,12 @@ class _Inflater:
         return out
 
 
-async def _read_body(response: httpx.Response, url: str, max_bytes: int) -> bytes:
-    """The decoded body; abandoned as soon as it would exceed ``max_bytes``."""
-    too_big = FetchError(url, f"feed larger than the {max_bytes:,}-byte limit")
+async def _read_body(
+    response: httpx.Response, url: str, max_bytes: int, sink: Callable[[bytes], None] | None
+) -> bytes:
+    """The decoded body (or given to ``sink``); abandoned as soon as it would exceed
+    ``max_bytes``."""
+    too_big = FetchError(url, f"larger than the {max_bytes:,}-byte limit")
     length = response.headers.get("content-length", "")
     encoding = response.headers.get("content-encoding", "").strip()
     if not encoding and length.isdigit() and int(length) > max_bytes:
@@ -300,5 +314,8 @@ async def _read_body(response: httpx.Response, url: str, max_bytes: int) -> byte
             size += len(piece)
             if size > max_bytes:
                 raise too_big
-            chunks.append(piece)
+            if sink is None:
+                chunks.append(piece)
+            else:
+                sink(piece)
     return b"".join(chunks)

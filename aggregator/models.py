@@ -159,6 +159,11 @@ class FeedSource:
         return repr(said)
 
     @property
+    def enriched(self) -> bool:
+        """Its posts need more than its feed: article pages, or files kept."""
+        return bool(self.full_text) or self.media != MEDIA_OFF
+
+    @property
     def fetch_url(self) -> str:
         return self.access.url if self.access is not None else self.url
 
@@ -186,6 +191,15 @@ class Podcast:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaLimits:
+    """How much ``media: keep`` may download (feeds.yaml ``media_limits``), in bytes."""
+
+    image: int = 10 * 1024 * 1024  # one picture
+    enclosure: int = 200 * 1024 * 1024  # one enclosure (``keep_enclosures``)
+    total: int = 5 * 1024 * 1024 * 1024  # the whole media folder
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A validated feeds.yaml."""
 
@@ -209,6 +223,7 @@ class Config:
     podcast: Podcast = Podcast()  # of every published feed
     tag_podcasts: tuple[tuple[str, Podcast], ...] = ()  # per tag, over ``podcast``
     media: str = MEDIA_OFF  # the feeds' default ``media:``
+    media_limits: MediaLimits = MediaLimits()
     warnings: tuple[str, ...] = ()  # allowed, but worth a word (a password in the file)
     missing: tuple[str, ...] = ()  # secrets named but unreadable: those feeds will fail
 
@@ -366,6 +381,8 @@ class Post:
     source_updated: datetime | None = None  # the source's own date of its last change
     aliases: tuple[str, ...] = ()  # earlier keys of the same item (a key scheme changed)
     placed: datetime | None = None  # undated: the newest date of its feed's other items
+    text_from: str | None = None  # the page its text was taken from (``full_text``)
+    unfinished: bool = False  # its page or a picture could not be fetched: retried later
     text: str = ""  # the whole file (aggregator.posts.render_post), rendered by the worker
 
     @property

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -43,6 +43,7 @@ from aggregator.lifecycle import (
 )
 from aggregator.models import (
     KEEP_GLOBAL,
+    MEDIA_OFF,
     Config,
     FeedSource,
     FeedStatus,
@@ -51,7 +52,12 @@ from aggregator.models import (
     Post,
     Validators,
 )
+from aggregator.state import Known
 from aggregator.timing import cache_hint, retry_after
+
+if TYPE_CHECKING:
+    from aggregator.enrich import Enricher
+    from aggregator.media import MediaStore
 from aggregator.workers import HEAVY_BODY, Job, Workers
 
 log = logging.getLogger(__name__)
@@ -159,12 +165,15 @@ class Poller:
         # A big body costs its worker about ten times its size while it is parsed and
         # rendered; one at a time, so that two workers never peak together.
         self.heavy = asyncio.Semaphore(1)
+        self.enricher: Enricher | None = None  # made for the first feed that needs it
+        self._media: MediaStore | None = None
 
     def reconfigure(self, config: Config) -> None:
         """Use a new version of feeds.yaml from the next poll on (the workers stay)."""
         old, self.config = self.config, config
         self.settings = fetch_settings(config)
         self.client.headers["User-Agent"] = self.settings.user_agent
+        self.enricher, self._media = None, None  # (their settings come from the config)
         limits = (config.max_in_flight, config.max_in_flight_per_host)
         if limits != (old.max_in_flight, old.max_in_flight_per_host):
             self.limits = Limits(*limits)
@@ -272,6 +281,12 @@ class Poller:
                 Outcome.UNCHANGED, http_status=304, hint=hint, validators=fetched.validators
             )
             return seen, (0, 0), fetch_seconds
+        proxy = (
+            self.config.image_proxy
+            if source.rules.image_proxy == KEEP_GLOBAL
+            else source.rules.image_proxy
+        )
+        enriching = source.enriched
         job = Job(
             content=fetched.content,
             url=fetched.final_url,
@@ -281,11 +296,11 @@ class Poller:
             fallback_name=display_name(source, previous),
             tags=source.tags,
             archived=self.clock(),
-            image_proxy=self.config.image_proxy
-            if source.rules.image_proxy == KEEP_GLOBAL
-            else source.rules.image_proxy,
+            # (pictures kept in the archive are not proxied: the enricher proxies the rest)
+            image_proxy=None if source.media != MEDIA_OFF else proxy,
             max_entries=self.config.max_entries,
             rules=source.rules,
+            keep_content=enriching,
         )
         heavy = self.heavy if len(fetched.content) > HEAVY_BODY else contextlib.nullcontext()
         try:
@@ -313,10 +328,16 @@ class Poller:
                 "%s: feed %s has moved permanently to %s; polling the new URL, update feeds.yaml",
                 where, source.url, fetched.moved_to,
             )  # fmt: skip
+        posts: list[Post] = list(prepared.posts)
+        finishing: list[tuple[Post, Known]] = []
         written: list[Post] = []
         try:
-            written = self.archive.store(prepared.posts)
-            revised = self.archive.revise(prepared.posts, self.clock()) if source.updates else []
+            if enriching:
+                posts, finishing = await self._enrich(source, posts, proxy)
+            written = self.archive.store(posts)
+            revised = self.archive.revise(posts, self.clock()) if source.updates else []
+            self.archive.finish(finishing)
+            self._note_unfinished(posts, finishing)
         except ArchiveError as e:  # our fault, not the feed's: retried soon (the whole feed,
             self._noticed(e)  # its validators not kept, so that its edits are seen again)
             seen = Observation(
@@ -333,6 +354,63 @@ class Poller:
             moved_to=fetched.moved_to,
         )
         return seen, (len(written), len(revised)), fetch_seconds
+
+    async def _enrich(
+        self, source: FeedSource, posts: list[Post], proxy: str | None
+    ) -> tuple[list[Post], list[tuple[Post, Known]]]:
+        """The posts with their article pages and kept pictures, for the items that are
+        new, edited, or left unfinished by an earlier try; and the latter apart, with what
+        the index knows of them (they are rewritten in place if a try completes them)."""
+        from aggregator.enrich import MAX_TRIES, Enricher  # noqa: PLC0415 -- only for them
+
+        state = self.archive.state
+        first: dict[str, Post] = {}
+        for post in posts:
+            first.setdefault(post.key, post)
+        known = state.known_keys(k for p in first.values() for k in (p.key, *p.aliases))
+        new = {k for k, p in first.items() if k not in known and known.isdisjoint(p.aliases)}
+        old = [p for k, p in first.items() if k not in new]
+        edited = state.changed((p.key, p.digest) for p in old) if source.updates else {}
+        retried = state.unfinished([p.key for p in old if p.key not in edited], MAX_TRIES)
+        chosen = [p for k, p in first.items() if k in new or k in edited or k in retried]
+        if not chosen:
+            return posts, []
+        if self.enricher is None:
+            self.enricher = Enricher(
+                self.client, self.settings, self.media_store(), self.limits.slot,
+                self.workers.extract,
+            )  # fmt: skip
+        done = await asyncio.gather(*(self.enricher.enrich(source, p, proxy) for p in chosen))
+        better = {e.post.key: e.post for e in done}
+        for enriched in done:
+            if enriched.missing:
+                log.warning(
+                    "feed=%s item %s: %s not fetched; archived without, tried again at its "
+                    "next polls", enriched.post.author, enriched.post.link,
+                    "; ".join(enriched.missing),
+                )  # fmt: skip
+        out, seen = [], set()
+        for post in posts:
+            if post.key in better and post.key not in seen and post.key not in retried:
+                seen.add(post.key)
+                out.append(better[post.key])
+            else:
+                out.append(post)
+        return out, [(better[k], was) for k, was in retried.items() if k in better]
+
+    def _note_unfinished(self, posts: list[Post], finishing: list[tuple[Post, Known]]) -> None:
+        tries = [(p.key, int(p.unfinished)) for p in posts if p.unfinished]
+        tries += [(p.key, was.unfinished + 1 if p.unfinished else 0) for p, was in finishing]
+        self.archive.state.note_unfinished(tries)
+
+    def media_store(self) -> MediaStore:
+        from aggregator.media import MediaStore  # noqa: PLC0415
+
+        if self._media is None:
+            self._media = MediaStore(self.archive.root, self.config.media_limits)
+            if removed := self._media.clean_partial():
+                log.info("removed %d downloads an earlier run left unfinished", removed)
+        return self._media
 
     def _noticed(self, error: AggregatorError) -> None:
         if isinstance(error, IndexDamaged) and self.damage is None:

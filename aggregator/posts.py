@@ -47,6 +47,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EXTRA_KEYS = (
     "updated",  # when the post was rewritten for an edit at the source
     "placed",  # undated item: the newest date of its feed's other items (see sort_date)
+    "text_from",  # the page the text was taken from (a feed with full_text)
     "item_authors",  # the item's own people, when the feed names them
     "item_categories",  # the item's own categories
     "image",  # its picture (media:thumbnail, itunes:image, JSON Feed image)
@@ -225,6 +226,8 @@ def _extra_keys(post: Post) -> str:
         lines.append(f"updated: {format_time(post.updated)}")
     if post.placed and not post.published:
         lines.append(f"placed: {format_time(post.placed)}")
+    if post.text_from:
+        lines.append(f"text_from: {yaml_quoted(post.text_from)}")
     if post.item_authors:
         lines.append(f"item_authors: {_flow_list(post.item_authors)}")
     if post.item_categories:
@@ -306,6 +309,7 @@ def read_post(text: str, path: str) -> Post:
         categories=_strings(meta.get("categories")),
         updated=_aware(meta.get("updated")),
         placed=_aware(meta.get("placed")),
+        text_from=_url(meta.get("text_from")),
         item_authors=_strings(meta.get("item_authors")),
         item_categories=_strings(meta.get("item_categories")),
         image=_url(meta.get("image")),
@@ -334,7 +338,14 @@ def _int(value: object) -> int | None:
 
 
 def _url(value: object) -> str | None:
-    return value if isinstance(value, str) and is_http_url(value) else None
+    """An http(s) URL, or the path of a file kept in the archive (``/media/...``)."""
+    if not isinstance(value, str):
+        return None
+    return value if is_http_url(value) or LOCAL_MEDIA.fullmatch(value) else None
+
+
+# Where a post refers to a file the archive keeps (see aggregator.media): root-relative.
+LOCAL_MEDIA = re.compile(r"/media/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]{2,5}")
 
 
 def _aware(value: object) -> datetime | None:

@@ -6,14 +6,17 @@ posts, so its cost does not grow with the archive. Each file is replaced atomica
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 from feedgen.feed import FeedGenerator
 
@@ -144,8 +147,22 @@ def _load_items(
 _ID_SCHEMES = frozenset({"http", "https", "urn", "tag"})
 
 
+def _absolute(url: str, site: str) -> str:
+    """A file the archive keeps (``/media/...``) as a URL under the site's link."""
+    return urljoin(site, url) if url.startswith("/media/") else url
+
+
+def _absolute_media(media: tuple[Media, ...], site: str) -> tuple[Media, ...]:
+    return tuple(dataclasses.replace(m, url=_absolute(m.url, site)) for m in media)
+
+
+_KEPT_IN_CONTENT = re.compile(r'(?<==")(/media/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]{2,5})(?=")')
+
+
 def _item(post: Post, key: str, feed_url: str | None, site: str) -> _Item:
     content = xml_safe(post.content)
+    if "/media/" in content:  # pictures kept in the archive: absolute under the site
+        content = _KEPT_IN_CONTENT.sub(lambda m: urljoin(site, m[1]), content)
     # The summary needs the start of the text only; a 10 MB item is not stripped whole.
     text = " ".join(html_to_text(content[: SUMMARY_CHARS * 20]).split())
     if len(text) > SUMMARY_CHARS:
@@ -176,9 +193,9 @@ def _item(post: Post, key: str, feed_url: str | None, site: str) -> _Item:
         summary=text,
         source=name,
         feed_url=feed_url,
-        enclosures=post.enclosures,
-        media=post.media,
-        image=post.image,
+        enclosures=_absolute_media(post.enclosures, site),
+        media=_absolute_media(post.media, site),
+        image=_absolute(post.image, site) if post.image else None,
         episode=post.episode,
     )
 

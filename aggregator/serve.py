@@ -1,7 +1,8 @@
 """HTTP: the merged feed with ETag/304/gzip, an OPML list of the sources, a small home
-page, ``/healthz`` and ``/metrics``.
+page, ``/healthz``, ``/metrics``, and the files ``media: keep`` kept (``/media/...``, by
+their hash names only).
 
-Only these routes exist: the archive folder itself (posts, the index) is never exposed.
+Only these routes exist: the rest of the archive folder (posts, the index) is never exposed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -38,8 +39,10 @@ from aggregator import __version__
 from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE
 from aggregator.errors import AggregatorError
 from aggregator.health import INDEX, PUBLISH, feed_rows, report
+from aggregator.media import CONTENT_TYPES as MEDIA_TYPES
 from aggregator.metrics import CONTENT_TYPE, Metrics
 from aggregator.models import Config, FeedStatus
+from aggregator.posts import LOCAL_MEDIA
 from aggregator.site import TAGS_DIR, Tag, config_tags
 from aggregator.sources.opml import export_opml
 from aggregator.state import State
@@ -260,6 +263,24 @@ def make_app(site: Site) -> Starlette:
         site.metrics.update(site.health())
         return Response(site.metrics.render(), media_type=CONTENT_TYPE)
 
+    async def kept_file(request: Request) -> Response:
+        """A file ``media: keep`` kept (its name is its content's hash: cached for ever)."""
+        path = request.url.path
+        if not LOCAL_MEDIA.fullmatch(path):
+            return Response("Not found.\n", 404)
+        kind = path.rsplit(".", 1)[1]
+        headers = {
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        }
+        file = site.config.archive / path.lstrip("/")
+        if not file.is_file():
+            return Response("Not found.\n", 404)
+        return FileResponse(
+            file, media_type=MEDIA_TYPES.get(kind, MEDIA_TYPES["bin"]), headers=headers
+        )
+
     async def unavailable(request: Request, error: Exception) -> Response:
         """The index (or a file) cannot be read now: say so, rather than a bare 500."""
         return Response(f"Service unavailable: {error}\n", 503)
@@ -271,6 +292,7 @@ def make_app(site: Site) -> Starlette:
         Route("/opml.xml", opml),
         Route("/", home),
         Route("/healthz", healthz),
+        Route("/media/{folder}/{name}", kept_file),
         Route("/metrics", metrics),
     ]
     return Starlette(

@@ -61,7 +61,8 @@ _SCHEMA = (
     revisions  INTEGER NOT NULL DEFAULT 0, -- rewrites for edits the source did not date
     source_updated TEXT,          -- the source's own date of its last change
     link       TEXT,              -- the post's http(s) link (keys are not links)
-    alias      TEXT               -- another key the item is known by (see posts.item_identity)
+    alias      TEXT,              -- another key the item is known by (see posts.item_identity)
+    unfinished INTEGER NOT NULL DEFAULT 0  -- tries that left its page or pictures unfetched
 )""",
     "CREATE INDEX IF NOT EXISTS items_by_date ON items (sort_date DESC, key)",
     "CREATE INDEX IF NOT EXISTS items_pending ON items (pending) WHERE pending = 1",
@@ -70,7 +71,8 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS items_alias ON items (alias) WHERE alias IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
 )
-# Columns later schemas added to the tables of earlier ones.
+# Columns later schemas added to the tables of earlier ones (``unfinished`` came without
+# a new version: older releases leave it at its default).
 _ADDED = {
     "feeds": {"local_errors": "INTEGER NOT NULL DEFAULT 0"},
     "items": {
@@ -80,6 +82,7 @@ _ADDED = {
         "source_updated": "TEXT",
         "link": "TEXT",
         "alias": "TEXT",
+        "unfinished": "INTEGER NOT NULL DEFAULT 0",
     },
 }
 _BATCH = 500  # keys per IN (...) query
@@ -144,6 +147,7 @@ class Known:
     digest: str | None
     revisions: int
     source_updated: datetime | None
+    unfinished: int = 0  # tries so far that left its page or pictures unfetched
 
 
 def _rekey(db: sqlite3.Connection) -> None:
@@ -404,6 +408,10 @@ class State:
             return False
         return bool(self._read("SELECT 1 FROM meta WHERE key = ?", (_PUBLISH_NEEDED,)))
 
+    def publish_later(self) -> None:
+        """The merged feed is behind the posts (some were rewritten)."""
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, '1')", [(_PUBLISH_NEEDED,)])
+
     def published(self) -> None:
         """The merged feed was written from the index as it is now."""
         self._write("DELETE FROM meta WHERE key = ?", [(_PUBLISH_NEEDED,)])
@@ -429,17 +437,28 @@ class State:
                 " JOIN said ON items.key = said.k WHERE items.digest IS NOT said.d"
             )
             for row in self._read(query, [v for pair in chunk for v in pair]):
-                found[row[0]] = Known(
-                    key=row[0],
-                    feed_url=row[1],
-                    path=row[2],
-                    archived=parse_time(row[3]),
-                    pending=bool(row[4]),
-                    digest=row[5],
-                    revisions=row[6],
-                    source_updated=parse_time(row[7]) if row[7] else None,
-                )
+                found[row[0]] = _known(row)
         return found
+
+    def unfinished(self, keys: Iterable[str], tries: int) -> dict[str, Known]:
+        """Of the archived items among ``keys``, those whose page or pictures could not
+        be fetched yet, fewer than ``tries`` times."""
+        wanted = list(keys)
+        found: dict[str, Known] = {}
+        for i in range(0, len(wanted), _BATCH):
+            chunk = wanted[i : i + _BATCH]
+            query = (
+                f"SELECT {_KNOWN_COLUMNS} FROM items WHERE unfinished BETWEEN 1 AND ?"  # noqa: S608
+                f" AND pending = 0 AND key IN ({','.join('?' * len(chunk))})"
+            )
+            for row in self._read(query, [tries - 1, *chunk]):
+                found[row[0]] = _known(row)
+        return found
+
+    def note_unfinished(self, tries: Iterable[tuple[str, int]]) -> None:
+        """Record, per key, how many tries left its page or pictures unfetched (0: none)."""
+        if rows := [(n, key) for key, n in tries]:
+            self._write("UPDATE items SET unfinished = ? WHERE key = ?", rows)
 
     def note_digests(self, posts: Iterable[Post]) -> None:
         """Take each post's digest as its item's version without rewriting its file (an
@@ -576,13 +595,29 @@ class State:
             db.executemany(_INSERT_ITEM, rows)
 
 
-_KNOWN_COLUMNS = "key, feed_url, path, archived, pending, digest, revisions, source_updated"
+_KNOWN_COLUMNS = (
+    "key, feed_url, path, archived, pending, digest, revisions, source_updated, unfinished"
+)
 _ITEM_COLUMNS = "key, feed_url, title, path, published, archived, link"
 _INSERT_ITEM = (
     "INSERT INTO items (key, feed_url, title, published, archived, sort_date, path, pending,"
-    " author, digest, source_updated, link, alias)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " author, digest, source_updated, link, alias, unfinished)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def _known(row: tuple[Any, ...]) -> Known:
+    return Known(
+        key=row[0],
+        feed_url=row[1],
+        path=row[2],
+        archived=parse_time(row[3]),
+        pending=bool(row[4]),
+        digest=row[5],
+        revisions=row[6],
+        source_updated=parse_time(row[7]) if row[7] else None,
+        unfinished=row[8],
+    )
 
 
 def _item_row(r: ItemRecord | Post, *, pending: bool) -> tuple[object, ...]:
@@ -601,6 +636,7 @@ def _item_row(r: ItemRecord | Post, *, pending: bool) -> tuple[object, ...]:
         # A post's link is http(s) by construction; a rebuilt record's comes from a file.
         r.link if isinstance(r, Post) or (r.link and is_http_url(r.link)) else None,
         r.aliases[0] if isinstance(r, Post) and r.aliases else None,
+        int(isinstance(r, Post) and r.unfinished),
     )
 
 

@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
 
 from aggregator.errors import ParseError
 from aggregator.models import ItemRules, Post
 
+if TYPE_CHECKING:
+    from aggregator.fulltext import PageJob
+
 log = logging.getLogger(__name__)
+J = TypeVar("J")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +42,7 @@ class Job:
     image_proxy: str | None
     max_entries: int
     rules: ItemRules
+    keep_content: bool = False  # the posts keep their HTML (the enricher works on it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +83,7 @@ def prepare(job: Job) -> Prepared:
             identity=identity,
             digest=digest,
             placed=newest_date,
-            keep_content=False,
+            keep_content=job.keep_content,
         )
         for entry, (identity, digest) in zip(shaped, identities, strict=True)
         if entry is not None
@@ -86,6 +94,12 @@ def prepare(job: Job) -> Prepared:
         del parsed, shaped
         release_memory()
     return prepared
+
+
+def extract(job: PageJob) -> str | None:
+    from aggregator.fulltext import article_html  # noqa: PLC0415 -- only workers need it
+
+    return article_html(job)
 
 
 HEAVY_BODY = 1024 * 1024  # bytes: a body this big leaves a worker holding ~10× its size
@@ -130,20 +144,27 @@ class Workers:
         return ProcessPoolExecutor(self.count, mp_context=context)
 
     async def prepare(self, job: Job) -> Prepared:
+        return await self._run(prepare, job, job.feed_url)
+
+    async def extract(self, job: PageJob) -> str | None:
+        """The article of a page (see :mod:`aggregator.fulltext`)."""
+        return await self._run(extract, job, job.url)
+
+    async def _run(self, work: Callable[[J], R], job: J, url: str) -> R:
         if self.count == 0:
-            return await asyncio.to_thread(prepare, job)
+            return await asyncio.to_thread(work, job)
         if self._pool is None:
             self._pool = self._start()
         pool = self._pool
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, prepare, job)
+            return await asyncio.get_running_loop().run_in_executor(pool, work, job)
         except BrokenExecutor:
             # A worker died (killed, out of memory) on this feed or a neighbour: start afresh.
             if self._pool is pool:
                 self._pool = None
                 pool.shutdown(wait=False, cancel_futures=True)
             raise ParseError(
-                job.feed_url, "the parser process died on this feed (out of memory?)"
+                url, "the parser process died on this document (out of memory?)"
             ) from None
 
     def close(self) -> None:

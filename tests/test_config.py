@@ -95,7 +95,7 @@ def test_every_problem_is_reported_with_file_line_and_key_path(tmp_path: Path) -
     found = problems(path)
     assert found == [
         f"{path}:2: colour: unknown key (allowed: title, link, description, archive, max_items,"
-        " image_proxy, media, user_agent, max_feed_bytes, max_entries, workers, interval, serve, max_in_flight,"
+        " image_proxy, media, media_limits, user_agent, max_feed_bytes, max_entries, workers, interval, serve, max_in_flight,"
         " max_in_flight_per_host, podcast, tags, feeds)",
         f"{path}:3: max_items: must be an integer, got str 'lots'",
         f"{path}:6: feeds[1].url: must be an http:// or https:// URL, not 'ftp://b.example/feed'",

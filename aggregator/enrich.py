@@ -1,0 +1,204 @@
+"""What some feeds need after their posts are prepared and before they are archived:
+the article page for a teaser feed (``full_text``), pictures and files kept in the
+archive (``media: keep``).
+
+Only new items, items the source edited, and items a previous try left unfinished are
+worked on; a feed without these options never comes here. Every request goes through
+the poll's per-host limits with the poll's user agent, timeouts and size caps. A page or
+file that fails leaves the feed's own text or the original URL in place: the post is
+archived now and marked unfinished, and later polls try again a bounded number of
+times. Nothing here ever fails a feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import html
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+import httpx
+
+from aggregator.errors import FetchError, ParseError
+from aggregator.fetch import FetchSettings, fetch_feed
+from aggregator.fulltext import PageJob
+from aggregator.media import CONTENT_TYPES, Download, MediaStore, Refused, file_kind, picture_kind
+from aggregator.models import (
+    MEDIA_KEEP_ENCLOSURES,
+    MEDIA_OFF,
+    FeedSource,
+    Media,
+    NotModified,
+    Post,
+    Validators,
+)
+from aggregator.posts import render_post
+from aggregator.sanitize import proxy_image
+from aggregator.urls import is_http_url
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_BYTES = 5 * 1024 * 1024  # a bigger article page is not read (extraction is slow)
+MAX_TRIES = 3  # polls that try an item's page or pictures before it is left as it is
+PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.1"
+IMAGE_ACCEPT = "image/avif, image/webp, image/png, image/jpeg, image/gif;q=0.9, */*;q=0.1"
+# An attribute of sanitized HTML that refers to a picture: nh3 writes them this way.
+_PICTURE_ATTRIBUTE = re.compile(r'(<(?:img|video)\b[^>]*?\b(?:src|poster)=")([^"]*)(")')
+
+
+@dataclass
+class Enriched:
+    post: Post
+    missing: list[str]  # what could not be fetched (retried later): one line each
+
+
+class Enricher:
+    """Enriches the posts of one poll (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        settings: FetchSettings,
+        store: MediaStore,
+        slot: Callable[[str], AbstractAsyncContextManager[None]],
+        extract: Callable[[PageJob], Awaitable[str | None]],
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.slot = slot
+        self.extract = extract
+        self.page_settings = dataclasses.replace(
+            settings, accept=PAGE_ACCEPT, max_bytes=min(settings.max_bytes, MAX_PAGE_BYTES)
+        )
+        self.image_settings = dataclasses.replace(
+            settings, accept=IMAGE_ACCEPT, max_bytes=store.limits.image, deadline=60.0
+        )
+        self.file_settings = dataclasses.replace(
+            settings, accept="*/*", max_bytes=store.limits.enclosure, deadline=600.0
+        )
+        self._kept: dict[str, asyncio.Task[str]] = {}  # URL → its local path, this pass
+
+    async def enrich(self, source: FeedSource, post: Post, image_proxy: str | None) -> Enriched:
+        missing: list[str] = []
+        content, text_from = post.content, None
+        if source.full_text and is_http_url(post.source):
+            try:
+                page = await self._page(source, post.link, image_proxy)
+            except (FetchError, ParseError) as e:
+                missing.append(f"its page: {e.reason}")
+            except Exception as e:  # the extractor's bug on this page: never the feed's failure
+                log.exception("feed=%s item %s: reading its page failed", post.author, post.link)
+                missing.append(f"its page: internal error: {type(e).__name__}: {_line(e)}")
+            else:
+                if page is None:
+                    log.info(
+                        "feed=%s item %s: no article found in its page; the feed's text is kept",
+                        post.author, post.link,
+                    )  # fmt: skip
+                else:
+                    content, text_from = page, post.link
+        image, media, enclosures = post.image, post.media, post.enclosures
+        if source.media != MEDIA_OFF:
+            local: dict[str, str] = {}
+            wanted = [html.unescape(url) for _, url, _ in _PICTURE_ATTRIBUTE.findall(content)]
+            wanted += [image] if image else []
+            wanted += [m.url for m in media if _is_picture(m)]
+            files = [m.url for m in enclosures if _is_picture(m)]
+            if source.media == MEDIA_KEEP_ENCLOSURES:
+                files += [m.url for m in (*enclosures, *media) if not _is_picture(m)]
+            for url, picture in [(u, True) for u in wanted] + [(u, False) for u in files]:
+                if not is_http_url(url) or url in local:
+                    continue
+                try:
+                    local[url] = await self._keep(source, url, picture)
+                except (FetchError, Refused, OSError) as e:
+                    reason = e.reason if isinstance(e, FetchError) else str(e)
+                    if isinstance(e, OSError):
+                        reason = f"cannot write it: {e.strerror or e}"
+                    if isinstance(e, Refused):
+                        log.info("feed=%s %s not kept: %s", post.author, url, reason)
+                    else:
+                        missing.append(f"{url}: {reason}")
+            content = _relink(content, local, image_proxy)
+            image = local.get(image, image) if image else None
+            media = tuple(_moved(m, local) for m in media)
+            enclosures = tuple(_moved(m, local) for m in enclosures)
+        changed = dataclasses.replace(
+            post, content=content, text_from=text_from, image=image, media=media,
+            enclosures=enclosures, unfinished=bool(missing),
+        )  # fmt: skip
+        object.__setattr__(changed, "text", render_post(changed))
+        return Enriched(changed, missing)
+
+    async def _page(self, source: FeedSource, url: str, image_proxy: str | None) -> str | None:
+        async with self.slot(url):
+            fetched = await fetch_feed(
+                self.client, url, Validators(), self.page_settings, source.access,
+                home=source.fetch_url,
+            )  # fmt: skip
+        assert not isinstance(fetched, NotModified)  # (asked without validators)
+        selector = source.full_text if isinstance(source.full_text, str) else None
+        proxy = None if source.media != MEDIA_OFF else image_proxy
+        job = PageJob(
+            fetched.content, fetched.final_url, fetched.content_type, selector,
+            source.rules.strip, proxy,
+        )  # fmt: skip
+        return await self.extract(job)
+
+    async def _keep(self, source: FeedSource, url: str, picture: bool) -> str:
+        """The local path of the file at ``url``, downloaded once per pass."""
+        task = self._kept.get(url)
+        if task is None or (task.done() and task.exception() is not None):
+            task = self._kept[url] = asyncio.ensure_future(self._download(source, url, picture))
+        return await asyncio.shield(task)
+
+    async def _download(self, source: FeedSource, url: str, picture: bool) -> str:
+        download = Download(self.store)
+        try:
+            async with self.slot(url):
+                await fetch_feed(
+                    self.client, url, Validators(),
+                    self.image_settings if picture else self.file_settings,
+                    source.access, home=source.fetch_url, sink=download.write,
+                )  # fmt: skip
+            kind = picture_kind(download.head) if picture else file_kind(download.head)
+        except BaseException:
+            download.discard()
+            raise
+        return download.keep(kind)
+
+
+def _line(error: Exception) -> str:
+    return " ".join(str(error).split())[:300]
+
+
+def _is_picture(media: Media) -> bool:
+    return media.medium == "image" or (media.type or "").startswith("image/")
+
+
+def _moved(media: Media, local: dict[str, str]) -> Media:
+    if media.url not in local:
+        return media
+    kind = local[media.url].rsplit(".", 1)[1]
+    return dataclasses.replace(media, url=local[media.url], type=CONTENT_TYPES.get(kind))
+
+
+def _relink(content: str, local: dict[str, str], image_proxy: str | None) -> str:
+    """Pictures of sanitized ``content`` pointed at their kept copies; those not kept
+    through the image proxy, if there is one."""
+
+    def swap(match: re.Match[str]) -> str:
+        url = html.unescape(match[2])
+        if url in local:
+            url = local[url]
+        elif image_proxy and is_http_url(url):
+            url = proxy_image(url, image_proxy)
+        else:
+            return match[0]
+        return match[1] + html.escape(url) + match[3]
+
+    return _PICTURE_ATTRIBUTE.sub(swap, content)
