@@ -37,7 +37,6 @@ from aggregator.models import (
     Validators,
 )
 from aggregator.posts import render_post
-from aggregator.sanitize import proxy_image
 from aggregator.urls import is_http_url
 
 log = logging.getLogger(__name__)
@@ -84,8 +83,8 @@ class Enricher:
 
     async def enrich(self, source: FeedSource, post: Post, image_proxy: str | None) -> Enriched:
         missing: list[str] = []
-        content, text_from = post.content, None
-        if source.full_text and is_http_url(post.source):
+        content, text_from = post.content, post.text_from
+        if source.full_text and not text_from and is_http_url(post.source):
             try:
                 page = await self._page(source, post.link, image_proxy)
             except (FetchError, ParseError) as e:
@@ -123,7 +122,7 @@ class Enricher:
                         log.info("feed=%s %s not kept: %s", post.author, url, reason)
                     else:
                         missing.append(f"{url}: {reason}")
-            content = _relink(content, local, image_proxy)
+            content = _relink(content, local)
             image = local.get(image, image) if image else None
             media = tuple(_moved(m, local) for m in media)
             enclosures = tuple(_moved(m, local) for m in enclosures)
@@ -187,18 +186,12 @@ def _moved(media: Media, local: dict[str, str]) -> Media:
     return dataclasses.replace(media, url=local[media.url], type=CONTENT_TYPES.get(kind))
 
 
-def _relink(content: str, local: dict[str, str], image_proxy: str | None) -> str:
-    """Pictures of sanitized ``content`` pointed at their kept copies; those not kept
-    through the image proxy, if there is one."""
+def _relink(content: str, local: dict[str, str]) -> str:
+    """Pictures of sanitized ``content`` pointed at their kept copies (the others keep
+    their URL: tried again later)."""
 
     def swap(match: re.Match[str]) -> str:
         url = html.unescape(match[2])
-        if url in local:
-            url = local[url]
-        elif image_proxy and is_http_url(url):
-            url = proxy_image(url, image_proxy)
-        else:
-            return match[0]
-        return match[1] + html.escape(url) + match[3]
+        return match[1] + html.escape(local[url]) + match[3] if url in local else match[0]
 
     return _PICTURE_ATTRIBUTE.sub(swap, content)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import signal
@@ -56,7 +57,7 @@ from aggregator.state import Known
 from aggregator.timing import cache_hint, retry_after
 
 if TYPE_CHECKING:
-    from aggregator.enrich import Enricher
+    from aggregator.enrich import Enriched, Enricher
     from aggregator.media import MediaStore
 from aggregator.workers import HEAVY_BODY, Job, Workers
 
@@ -280,12 +281,10 @@ class Poller:
             seen = Observation(
                 Outcome.UNCHANGED, http_status=304, hint=hint, validators=fetched.validators
             )
+            if source.enriched:
+                await self._retry_unfinished(source)
             return seen, (0, 0), fetch_seconds
-        proxy = (
-            self.config.image_proxy
-            if source.rules.image_proxy == KEEP_GLOBAL
-            else source.rules.image_proxy
-        )
+        proxy = self._image_proxy(source)
         enriching = source.enriched
         job = Job(
             content=fetched.content,
@@ -296,7 +295,7 @@ class Poller:
             fallback_name=display_name(source, previous),
             tags=source.tags,
             archived=self.clock(),
-            # (pictures kept in the archive are not proxied: the enricher proxies the rest)
+            # (a feed that keeps its pictures has them from the archive, not through a proxy)
             image_proxy=None if source.media != MEDIA_OFF else proxy,
             max_entries=self.config.max_entries,
             rules=source.rules,
@@ -329,15 +328,15 @@ class Poller:
                 where, source.url, fetched.moved_to,
             )  # fmt: skip
         posts: list[Post] = list(prepared.posts)
-        finishing: list[tuple[Post, Known]] = []
         written: list[Post] = []
         try:
             if enriching:
-                posts, finishing = await self._enrich(source, posts, proxy)
+                posts = await self._enrich(source, posts, proxy)
             written = self.archive.store(posts)
             revised = self.archive.revise(posts, self.clock()) if source.updates else []
-            self.archive.finish(finishing)
-            self._note_unfinished(posts, finishing)
+            if enriching:
+                self.archive.state.note_unfinished((p.key, 1) for p in posts if p.unfinished)
+                await self._retry_unfinished(source, done={p.key for p in posts})
         except ArchiveError as e:  # our fault, not the feed's: retried soon (the whole feed,
             self._noticed(e)  # its validators not kept, so that its edits are seen again)
             seen = Observation(
@@ -355,14 +354,9 @@ class Poller:
         )
         return seen, (len(written), len(revised)), fetch_seconds
 
-    async def _enrich(
-        self, source: FeedSource, posts: list[Post], proxy: str | None
-    ) -> tuple[list[Post], list[tuple[Post, Known]]]:
+    async def _enrich(self, source: FeedSource, posts: list[Post], proxy: str | None) -> list[Post]:
         """The posts with their article pages and kept pictures, for the items that are
-        new, edited, or left unfinished by an earlier try; and the latter apart, with what
-        the index knows of them (they are rewritten in place if a try completes them)."""
-        from aggregator.enrich import MAX_TRIES, Enricher  # noqa: PLC0415 -- only for them
-
+        new or edited at the source (the others are archived already)."""
         state = self.archive.state
         first: dict[str, Post] = {}
         for post in posts:
@@ -371,17 +365,69 @@ class Poller:
         new = {k for k, p in first.items() if k not in known and known.isdisjoint(p.aliases)}
         old = [p for k, p in first.items() if k not in new]
         edited = state.changed((p.key, p.digest) for p in old) if source.updates else {}
-        retried = state.unfinished([p.key for p in old if p.key not in edited], MAX_TRIES)
-        chosen = [p for k, p in first.items() if k in new or k in edited or k in retried]
+        chosen = [p for k, p in first.items() if k in new or k in edited]
         if not chosen:
-            return posts, []
+            return posts
+        done = await asyncio.gather(*(self._enricher().enrich(source, p, proxy) for p in chosen))
+        better = {e.post.key: e.post for e in done}
+        self._say_missing(done)
+        out, seen = [], set()
+        for post in posts:
+            if post.key in better and post.key not in seen:
+                seen.add(post.key)
+                out.append(better[post.key])
+            else:
+                out.append(post)
+        return out
+
+    async def _retry_unfinished(self, source: FeedSource, done: Iterable[str] = ()) -> None:
+        """Try again what earlier polls could not fetch for the feed's archived posts (at
+        most MAX_TRIES polls each, whether the feed changed or not); rewrite in place the
+        posts a try improves."""
+        from aggregator.enrich import MAX_TRIES  # noqa: PLC0415 -- only for these feeds
+
+        waiting = self.archive.state.unfinished(source.url, MAX_TRIES)
+        done = set(done)
+        pairs: list[tuple[Post, Known]] = []
+        for was in waiting:
+            if was.key in done:  # (archived or edited in this very poll)
+                continue
+            try:
+                post = self.archive.read_post(was.path)
+            except ArchiveError as e:
+                log.warning("feed=%s cannot try %s again: %s", source.url, was.path, e)
+                self.archive.state.note_unfinished([(was.key, MAX_TRIES)])
+                continue
+            post = dataclasses.replace(post, key=was.key, feed_url=source.url)
+            pairs.append((post, was))
+        if not pairs:
+            return
+        enricher = self._enricher()
+        proxy = self._image_proxy(source)
+        tried = await asyncio.gather(*(enricher.enrich(source, p, proxy) for p, _ in pairs))
+        self._say_missing(tried)
+        self.archive.finish([(e.post, was) for e, (_, was) in zip(tried, pairs, strict=True)])
+        self.archive.state.note_unfinished(
+            (was.key, was.unfinished + 1 if e.post.unfinished else 0)
+            for e, (_, was) in zip(tried, pairs, strict=True)
+        )
+
+    def _image_proxy(self, source: FeedSource) -> str | None:
+        proxy = source.rules.image_proxy
+        return self.config.image_proxy if proxy == KEEP_GLOBAL else proxy
+
+    def _enricher(self) -> Enricher:
+        from aggregator.enrich import Enricher  # noqa: PLC0415 -- only for these feeds
+
         if self.enricher is None:
             self.enricher = Enricher(
                 self.client, self.settings, self.media_store(), self.limits.slot,
                 self.workers.extract,
             )  # fmt: skip
-        done = await asyncio.gather(*(self.enricher.enrich(source, p, proxy) for p in chosen))
-        better = {e.post.key: e.post for e in done}
+        return self.enricher
+
+    @staticmethod
+    def _say_missing(done: Iterable[Enriched]) -> None:
         for enriched in done:
             if enriched.missing:
                 log.warning(
@@ -389,19 +435,6 @@ class Poller:
                     "next polls", enriched.post.author, enriched.post.link,
                     "; ".join(enriched.missing),
                 )  # fmt: skip
-        out, seen = [], set()
-        for post in posts:
-            if post.key in better and post.key not in seen and post.key not in retried:
-                seen.add(post.key)
-                out.append(better[post.key])
-            else:
-                out.append(post)
-        return out, [(better[k], was) for k, was in retried.items() if k in better]
-
-    def _note_unfinished(self, posts: list[Post], finishing: list[tuple[Post, Known]]) -> None:
-        tries = [(p.key, int(p.unfinished)) for p in posts if p.unfinished]
-        tries += [(p.key, was.unfinished + 1 if p.unfinished else 0) for p, was in finishing]
-        self.archive.state.note_unfinished(tries)
 
     def media_store(self) -> MediaStore:
         from aggregator.media import MediaStore  # noqa: PLC0415

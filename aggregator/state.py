@@ -69,6 +69,7 @@ _SCHEMA = (
     # Items of no known feed (after a rebuild), by author: see adopt(). Empty otherwise.
     "CREATE INDEX IF NOT EXISTS items_orphans ON items (author) WHERE feed_url IS NULL",
     "CREATE INDEX IF NOT EXISTS items_alias ON items (alias) WHERE alias IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS items_unfinished ON items (feed_url) WHERE unfinished > 0",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
 )
 # Columns later schemas added to the tables of earlier ones (``unfinished`` came without
@@ -440,20 +441,14 @@ class State:
                 found[row[0]] = _known(row)
         return found
 
-    def unfinished(self, keys: Iterable[str], tries: int) -> dict[str, Known]:
-        """Of the archived items among ``keys``, those whose page or pictures could not
-        be fetched yet, fewer than ``tries`` times."""
-        wanted = list(keys)
-        found: dict[str, Known] = {}
-        for i in range(0, len(wanted), _BATCH):
-            chunk = wanted[i : i + _BATCH]
-            query = (
-                f"SELECT {_KNOWN_COLUMNS} FROM items WHERE unfinished BETWEEN 1 AND ?"  # noqa: S608
-                f" AND pending = 0 AND key IN ({','.join('?' * len(chunk))})"
-            )
-            for row in self._read(query, [tries - 1, *chunk]):
-                found[row[0]] = _known(row)
-        return found
+    def unfinished(self, feed_url: str, tries: int) -> list[Known]:
+        """The feed's archived items whose page or pictures could not be fetched yet, by
+        fewer than ``tries`` polls."""
+        query = (
+            f"SELECT {_KNOWN_COLUMNS} FROM items WHERE unfinished BETWEEN 1 AND ?"  # noqa: S608
+            " AND feed_url = ? AND pending = 0"
+        )
+        return [_known(row) for row in self._read(query, (tries - 1, feed_url))]
 
     def note_unfinished(self, tries: Iterable[tuple[str, int]]) -> None:
         """Record, per key, how many tries left its page or pictures unfetched (0: none)."""

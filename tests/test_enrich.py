@@ -1,0 +1,404 @@
+"""Teaser feeds read in full (``full_text``) and pictures and files kept in the archive
+(``media: keep``): what the user gets, and what happens when pages and files fail."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from aggregator.config import load_config
+from aggregator.pipeline import run_pass
+from aggregator.posts import LOCAL_MEDIA, read_post
+from tests.conftest import StepClock, debian_program, write_config
+from tests.farm import Answer, Farm, Raw, Request
+
+ARTICLE = (Path(__file__).parent / "data" / "fulltext" / "article.html").read_text()
+LEFT_OUT = ("COMMENT-MARKER", "FOOTER-MARKER", "RELATED-MARKER", "Subscribe for 1 euro",
+            "We use cookies", "window.analytics")  # fmt: skip
+SVG = (
+    b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)">'
+    b"<script>alert(document.cookie)</script></svg>"
+)
+
+
+def png(seed: int, size: int = 1) -> bytes:
+    """A valid PNG picture, different for each ``seed`` (``size`` pads it: a bigger file)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" + bytes([seed % 256, seed // 256 % 256, 7]))
+    padding = chunk(b"tEXt", b"c\x00" + b"x" * size) if size > 1 else b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + padding
+        + chunk(b"IDAT", pixels)
+        + chunk(b"IEND", b"")
+    )
+
+
+def page(i: int, image: str = "/img/river.png") -> Answer:
+    body = ARTICLE.format(title=f"Story {i}", lead=f"LEAD-{i}.", image=image)
+    return Answer(200, body.encode(), {"Content-Type": "text/html; charset=utf-8"})
+
+
+def teaser_feed(farm: Farm, n: int, extra: str = "") -> bytes:
+    items = "".join(
+        f"<item><title>Story {i}</title><link>{farm.url(f'/news/{i}.html')}</link>"
+        f"<pubDate>Wed, 0{i + 1} May 2024 10:00:00 GMT</pubDate>"
+        f"<description>Teaser {i} only.{extra}</description></item>"
+        for i in range(n)
+    )
+    return (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>Gazette</title>'
+        f"<link>{farm.url('/')}</link><description>d</description>{items}</channel></rss>"
+    ).encode()
+
+
+def posts_of(archive: Path) -> dict[str, str]:
+    """Title → text of every post."""
+    found = {}
+    for path in archive.rglob("*.md"):
+        text = path.read_text()
+        found[read_post(text, path.name).title] = text
+    return found
+
+
+def kept_files(archive: Path) -> list[Path]:
+    return sorted(
+        p for p in (archive / "media").rglob("*") if p.is_file() and ".partial" not in p.parts
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "strip"),
+    [(True, []), ("article .story-body", [".ad", "figcaption"])],
+    ids=["automatic", "selector"],
+)
+def test_a_teaser_feed_is_archived_with_its_articles(
+    tmp_path: Path, farm: Farm, clock: StepClock, mode: bool | str, strip: list[str]
+) -> None:
+    for i in range(2):
+        farm.routes[f"/news/{i}.html"] = page(i)
+    farm.routes["/img/river.png"] = Answer(200, png(1), {"Content-Type": "image/png"})
+    farm.routes["/feed"] = Answer(200, teaser_feed(farm, 2))
+    feed = {"url": farm.url("/feed"), "full_text": mode, **({"strip": strip} if strip else {})}
+    config = load_config(write_config(tmp_path, [feed], workers=0))
+    assert run_pass(config, clock=clock).new == 2
+    posts = posts_of(config.archive)
+    for i in range(2):
+        text = posts[f"Story {i}"]
+        assert f'text_from: "{farm.url(f"/news/{i}.html")}"' in text
+        assert f"LEAD-{i}." in text and "Residents who spoke at the meeting" in text
+        assert f"Teaser {i} only" not in text
+        assert [marker for marker in LEFT_OUT if marker in text] == []
+        # Links and pictures made absolute against the page; the sanitizer applied.
+        assert f'href="{farm.url("/news/related/bridge-history.html")}"' in text
+        assert f'src="{farm.url("/img/river.png")}"' in text and "<script" not in text
+        if strip:  # the feed's strip rules apply to the page's article too
+            assert "Advertisement" not in text and "seen from the old bridge" not in text
+    for i in range(2):
+        (request,) = farm.requests_to(f"/news/{i}.html")
+        assert request.headers["user-agent"].startswith("aggregator/")
+        assert "text/html" in request.headers["accept"]
+    # Nothing is fetched again for items already archived.
+    assert run_pass(config, clock=clock).new == 0
+    assert len(farm.requests_to("/news/0.html")) == 1
+
+
+def test_a_failing_page_keeps_the_feed_text_and_is_tried_again(
+    tmp_path: Path, farm: Farm, clock: StepClock
+) -> None:
+    """Page 0 fails; page 1 does not wait for it. Page 0 is tried again at the next polls
+    (the feed answering 304 meanwhile), and its post is rewritten in place once it is read;
+    a page that keeps failing is tried at most three polls."""
+    farm.routes["/news/0.html"] = Answer(503, b"busy", {"Retry-After": "60"})
+    farm.routes["/news/1.html"] = page(1)
+    farm.routes["/news/2.html"] = Answer(500, b"broken")
+    body = teaser_feed(farm, 3)
+
+    def feed(request: Request) -> Answer:
+        if request.headers.get("if-none-match") == '"v1"':
+            return Answer(304, b"", {"ETag": '"v1"'})
+        return Answer(200, body, {"ETag": '"v1"'})
+
+    farm.routes["/feed"] = feed
+    config = load_config(
+        write_config(tmp_path, [{"url": farm.url("/feed"), "full_text": True}], workers=0)
+    )
+    first = run_pass(config, clock=clock)
+    assert first.new == 3 and not first.failed  # a page's failure is not the feed's
+    posts = posts_of(config.archive)
+    assert "Teaser 0 only." in posts["Story 0"] and "text_from" not in posts["Story 0"]
+    assert "LEAD-1." in posts["Story 1"]
+    paths = sorted(p.name for p in config.archive.rglob("*.md"))
+
+    farm.routes["/news/0.html"] = page(0)
+    second = run_pass(config, clock=clock)
+    assert second.results[0].status.http_status == 304
+    posts = posts_of(config.archive)
+    assert "LEAD-0." in posts["Story 0"] and "Teaser 0 only." not in posts["Story 0"]
+    assert "updated:" not in posts["Story 0"]  # not an edit of the source
+    assert sorted(p.name for p in config.archive.rglob("*.md")) == paths  # in place
+    atom = ET.parse(config.archive / "atom.xml").getroot()
+    assert "LEAD-0." in ET.tostring(atom, encoding="unicode")  # republished
+    for _ in range(3):
+        run_pass(config, clock=clock)
+    assert len(farm.requests_to("/news/0.html")) == 2
+    assert len(farm.requests_to("/news/1.html")) == 1
+    assert len(farm.requests_to("/news/2.html")) == 3  # three polls, then left as it is
+    assert "Teaser 2 only." in posts_of(config.archive)["Story 2"]
+
+
+def test_pictures_are_kept_once_checked_and_capped(
+    tmp_path: Path, farm: Farm, clock: StepClock
+) -> None:
+    """Two posts showing one picture share one kept file; an SVG with a script, a fake
+    picture and a picture over the size cap are not kept (their URLs stay); the merged
+    feeds give kept files absolute URLs under ``link``; the daemon's route serves them."""
+    farm.routes["/img/shared.png"] = Answer(200, png(1), {"Content-Type": "image/png"})
+    farm.routes["/img/thumb.png"] = Answer(200, png(2), {"Content-Type": "image/png"})
+    farm.routes["/img/evil.svg"] = Answer(200, SVG, {"Content-Type": "image/svg+xml"})
+    farm.routes["/img/fake.png"] = Answer(
+        200, b"<html>not a picture</html>", {"Content-Type": "image/png"}
+    )
+    farm.routes["/img/huge.png"] = Answer(200, png(3, size=40_000), {"Content-Type": "image/png"})
+    items = "".join(
+        f"<item><title>Pic {i}</title><link>{farm.url(f'/p/{i}')}</link>"
+        f"<description><![CDATA[<p>Look {i}</p><img src='/img/shared.png'>{extra}]]></description>"
+        f"<media:thumbnail url='{farm.url('/img/thumb.png')}'/></item>"
+        for i, extra in enumerate(
+            ["<img src='/img/evil.svg'>", "<img src='/img/fake.png'><img src='/img/huge.png'>"]
+        )
+    )
+    farm.routes["/feed"] = Answer(
+        200,
+        ('<?xml version="1.0"?><rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/">'
+         f"<channel><title>Pics</title><link>{farm.url('/')}</link><description>d</description>"
+         f"{items}</channel></rss>").encode(),
+    )  # fmt: skip
+    config = load_config(
+        write_config(
+            tmp_path,
+            [{"url": farm.url("/feed"), "media": "keep"}],
+            workers=0,
+            media_limits={"image": 20_000},
+            link="http://news.example/",
+        )
+    )
+    assert run_pass(config, clock=clock).new == 2
+    kept = kept_files(config.archive)
+    assert sorted(p.read_bytes() for p in kept) == sorted([png(1), png(2)])
+    assert len(farm.requests_to("/img/shared.png")) == 1  # once for both posts
+    posts = posts_of(config.archive)
+    shared = (
+        "/"
+        + next(p for p in kept if p.read_bytes() == png(1)).relative_to(config.archive).as_posix()
+    )
+    for i in range(2):
+        assert f'<img src="{shared}">' in posts[f"Pic {i}"]
+        assert LOCAL_MEDIA.fullmatch(read_post(posts[f"Pic {i}"], "x").image or "")
+    assert f'src="{farm.url("/img/evil.svg")}"' in posts["Pic 0"]  # not kept: its URL stays
+    assert f'src="{farm.url("/img/fake.png")}"' in posts["Pic 1"]
+    assert f'src="{farm.url("/img/huge.png")}"' in posts["Pic 1"]
+    # Every picture a post refers to locally is in the archive, whole.
+    for text in posts.values():
+        for local in LOCAL_MEDIA.findall(text):
+            assert (config.archive / local.lstrip("/")).is_file()
+    feed = (config.archive / "feed.xml").read_text()
+    assert f'src="http://news.example{shared}"' in feed and f'="{shared}"' not in feed
+
+    from aggregator.metrics import Metrics
+    from aggregator.serve import Site
+    from aggregator.state import State
+    from tests.test_serve import Client
+
+    state = State(config.archive / ".aggregator" / "state.sqlite3")
+    try:
+        http = Client(Site(config, state, Metrics()))
+        served = http.get(shared)
+        assert served.status_code == 200 and served.content == png(1)
+        assert served.headers["content-type"] == "image/png"
+        assert served.headers["x-content-type-options"] == "nosniff"
+        for path in ("/media/../feeds.yaml", "/media/ab/evil.html", "/media/.partial/1-0",
+                     shared.replace(".png", ".svg")):  # fmt: skip
+            assert http.get(path).status_code == 404, path
+    finally:
+        state.close()
+
+
+def _stalled_picture(half: bytes, total: int, sent: threading.Event) -> Raw:
+    def write(out: BinaryIO, stopping: threading.Event) -> None:
+        out.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {total}\r\n\r\n".encode()
+        )
+        out.write(half)
+        out.flush()
+        sent.set()
+        stopping.wait(60)
+
+    return Raw(write)
+
+
+def test_a_download_killed_midway_leaves_nothing_referenced(tmp_path: Path, farm: Farm) -> None:
+    """``kill -9`` while a picture is half downloaded: no post refers to a partial file;
+    the next pass removes the leftover and keeps the picture whole."""
+    picture = png(9, size=5_000)
+    sent = threading.Event()
+    farm.routes["/img/slow.png"] = _stalled_picture(picture[:3000], len(picture), sent)
+    farm.routes["/feed"] = Answer(
+        200,
+        ('<?xml version="1.0"?><rss version="2.0"><channel><title>Slow</title>'
+         f"<link>{farm.url('/')}</link><description>d</description>"
+         f"<item><title>Slow picture</title><link>{farm.url('/p/slow')}</link>"
+         "<description><![CDATA[<img src='/img/slow.png'>]]></description></item>"
+         "</channel></rss>").encode(),
+    )  # fmt: skip
+    config = write_config(tmp_path, [{"url": farm.url("/feed"), "media": "keep"}])
+    archive = tmp_path / "archive"
+    poll = subprocess.Popen(
+        [sys.executable, "-m", "aggregator", "poll", "-c", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert sent.wait(60), "the download did not start"
+        deadline = time.monotonic() + 20
+        while not any((archive / "media" / ".partial").glob("*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list((archive / "media" / ".partial").glob("*"))  # half of it sent, then none
+    finally:
+        os.kill(poll.pid, signal.SIGKILL)
+        poll.wait()
+    assert kept_files(archive) == []
+    for post in archive.rglob("*.md"):  # (the post is written after its pictures, if at all)
+        assert LOCAL_MEDIA.findall(post.read_text()) == []
+
+    farm.routes["/img/slow.png"] = Answer(200, picture, {"Content-Type": "image/png"})
+    done = subprocess.run(
+        [sys.executable, "-m", "aggregator", "poll", "-c", str(config)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (kept,) = kept_files(archive)
+    assert kept.read_bytes() == picture
+    assert list((archive / "media" / ".partial").glob("*")) == []
+    (post,) = archive.rglob("*.md")
+    assert LOCAL_MEDIA.findall(post.read_text()) == ["/" + kept.relative_to(archive).as_posix()]
+
+
+def test_enclosures_are_kept_when_asked_within_their_cap(
+    tmp_path: Path, farm: Farm, clock: StepClock
+) -> None:
+    audio = b"ID3\x04\x00" + bytes(range(256)) * 20
+    farm.routes["/ep1.mp3"] = Answer(200, audio, {"Content-Type": "audio/mpeg"})
+    farm.routes["/ep2.mp3"] = Answer(200, audio * 10, {"Content-Type": "audio/mpeg"})
+    farm.routes["/ep3.mp3"] = Answer(
+        200, b"<html><script>x()</script></html>", {"Content-Type": "audio/mpeg"}
+    )
+    items = "".join(
+        f"<item><title>Episode {i}</title><guid>ep-{i}</guid>"
+        f"<enclosure url='{farm.url(f'/ep{i}.mp3')}' length='1' type='audio/mpeg'/></item>"
+        for i in (1, 2, 3)
+    )
+    farm.routes["/feed"] = Answer(
+        200,
+        ('<?xml version="1.0"?><rss version="2.0"><channel><title>Show</title>'
+         f"<link>{farm.url('/')}</link><description>d</description>{items}</channel></rss>").encode(),
+    )  # fmt: skip
+    config = load_config(
+        write_config(
+            tmp_path,
+            [{"url": farm.url("/feed"), "media": "keep_enclosures"}],
+            workers=0,
+            media_limits={"enclosure": 10_000},
+            link="http://pods.example/",
+        )
+    )
+    assert run_pass(config, clock=clock).new == 3
+    (kept,) = kept_files(config.archive)
+    assert kept.read_bytes() == audio and kept.suffix == ".mp3"
+    posts = posts_of(config.archive)
+    local = "/" + kept.relative_to(config.archive).as_posix()
+    assert f'url: "{local}", type: audio/mpeg' in posts["Episode 1"]
+    assert farm.url("/ep2.mp3") in posts["Episode 2"]  # over the cap: left where it is
+    assert farm.url("/ep3.mp3") in posts["Episode 3"]  # markup: refused
+    rss = (config.archive / "feed.xml").read_text()
+    assert f'url="http://pods.example{local}"' in rss
+
+
+def test_reindex_knows_kept_files_and_removes_those_no_post_uses(
+    tmp_path: Path, farm: Farm, clock: StepClock
+) -> None:
+    farm.routes["/img/a.png"] = Answer(200, png(1), {"Content-Type": "image/png"})
+    farm.routes["/img/b.png"] = Answer(200, png(2), {"Content-Type": "image/png"})
+    items = "".join(
+        f"<item><title>Post {x}</title><link>{farm.url(f'/p/{x}')}</link>"
+        f"<description><![CDATA[<img src='/img/{x}.png'>]]></description></item>"
+        for x in "ab"
+    )
+    farm.routes["/feed"] = Answer(
+        200,
+        ('<?xml version="1.0"?><rss version="2.0"><channel><title>Two</title>'
+         f"<link>{farm.url('/')}</link><description>d</description>{items}</channel></rss>").encode(),
+    )  # fmt: skip
+    path = write_config(tmp_path, [{"url": farm.url("/feed"), "media": "keep"}], workers=0)
+    config = load_config(path)
+    run_pass(config, clock=clock)
+    kept = {p.read_bytes(): p for p in kept_files(config.archive)}
+    posts = {read_post(p.read_text(), "x").title: p for p in config.archive.rglob("*.md")}
+    posts["Post a"].unlink()  # the user deletes a post by hand
+    kept[png(2)].unlink()  # and a kept file disappears
+
+    def reindex(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aggregator", "reindex", *args, "-c", str(path)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    plain = reindex()
+    assert plain.returncode == 0, plain.stderr
+    assert "refers to /media/" in plain.stderr and "which is not in the archive" in plain.stderr
+    assert kept[png(1)].exists()  # kept until asked
+    pruned = reindex("--media")
+    assert "removed 1 kept files" in pruned.stdout
+    assert not kept[png(1)].exists()
+
+
+def test_jekyll_shows_the_kept_pictures(tmp_path: Path, farm: Farm, clock: StepClock) -> None:
+    jekyll = debian_program("jekyll", "jekyll")
+    for i in range(1):
+        farm.routes[f"/news/{i}.html"] = page(i)
+    farm.routes["/img/river.png"] = Answer(200, png(5), {"Content-Type": "image/png"})
+    farm.routes["/feed"] = Answer(200, teaser_feed(farm, 1))
+    config = load_config(
+        write_config(
+            tmp_path, [{"url": farm.url("/feed"), "full_text": True, "media": "keep"}], workers=0
+        )
+    )
+    run_pass(config, clock=clock)
+    (kept,) = kept_files(config.archive)
+    out = tmp_path / "site"
+    subprocess.run(
+        [jekyll, "build", "--source", str(config.archive), "--destination", str(out), "--quiet"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    relative = kept.relative_to(config.archive).as_posix()
+    assert (out / relative).read_bytes() == png(5)
+    (page_file,) = [p for p in out.rglob("*.html") if "story-0" in p.as_posix()]
+    html = page_file.read_text()
+    assert f'<img src="/{relative}"' in html and "LEAD-0." in html
