@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from aggregator.errors import FetchError, ParseError
+from aggregator.errors import FetchError, ParseError, TooLarge
 from aggregator.fetch import FetchSettings, fetch_feed
 from aggregator.fulltext import PageJob
 from aggregator.media import CONTENT_TYPES, Download, MediaStore, Refused, file_kind, picture_kind
@@ -105,8 +105,8 @@ class Enricher:
             local: dict[str, str] = {}
             wanted = [html.unescape(url) for _, url, _ in _PICTURE_ATTRIBUTE.findall(content)]
             wanted += [image] if image else []
-            wanted += [m.url for m in media if _is_picture(m)]
-            files = [m.url for m in enclosures if _is_picture(m)]
+            wanted += [m.url for m in (*media, *enclosures) if _is_picture(m)]
+            files = []
             if source.media == MEDIA_KEEP_ENCLOSURES:
                 files += [m.url for m in (*enclosures, *media) if not _is_picture(m)]
             for url, picture in [(u, True) for u in wanted] + [(u, False) for u in files]:
@@ -118,7 +118,7 @@ class Enricher:
                     reason = e.reason if isinstance(e, FetchError) else str(e)
                     if isinstance(e, OSError):
                         reason = f"cannot write it: {e.strerror or e}"
-                    if isinstance(e, Refused):
+                    if isinstance(e, Refused | TooLarge):  # for good: its URL stays
                         log.info("feed=%s %s not kept: %s", post.author, url, reason)
                     else:
                         missing.append(f"{url}: {reason}")

@@ -57,6 +57,10 @@ class FetchError(FeedError):
         self.retry_after = retry_after  # the raw Retry-After header of a 429/503
 
 
+class TooLarge(FetchError):
+    """The body is larger than the cap (asking again will not make it smaller)."""
+
+
 class ParseError(FeedError):
     """The downloaded body is not a feed we can read."""
 

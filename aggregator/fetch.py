@@ -19,7 +19,7 @@ from urllib.parse import urljoin
 import httpx
 
 from aggregator import __version__
-from aggregator.errors import FetchError
+from aggregator.errors import FetchError, TooLarge
 from aggregator.models import DEFAULT_MAX_FEED_BYTES, Access, Fetched, NotModified, Validators
 from aggregator.secrets import public_url
 from aggregator.urls import is_http_url
@@ -301,7 +301,7 @@ async def _read_body(
 ) -> bytes:
     """The decoded body (or given to ``sink``); abandoned as soon as it would exceed
     ``max_bytes``."""
-    too_big = FetchError(url, f"larger than the {max_bytes:,}-byte limit")
+    too_big = TooLarge(url, f"larger than the {max_bytes:,}-byte limit")
     length = response.headers.get("content-length", "")
     encoding = response.headers.get("content-encoding", "").strip()
     if not encoding and length.isdigit() and int(length) > max_bytes:

@@ -222,6 +222,10 @@ def test_pictures_are_kept_once_checked_and_capped(
             assert (config.archive / local.lstrip("/")).is_file()
     feed = (config.archive / "feed.xml").read_text()
     assert f'src="http://news.example{shared}"' in feed and f'="{shared}"' not in feed
+    run_pass(config, clock=clock)  # what was refused is not asked for again
+    for name in ("shared", "evil.svg", "fake", "huge"):
+        path = f"/img/{name}" if "." in name else f"/img/{name}.png"
+        assert len(farm.requests_to(path)) == 1, path
 
     from aggregator.metrics import Metrics
     from aggregator.serve import Site
