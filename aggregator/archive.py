@@ -184,6 +184,7 @@ class Archive:
     """
 
     media_used: set[str]  # after reindex: the kept files the posts refer to
+    media_known: bool  # ... and every post could be read: that is all of them
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -512,12 +513,13 @@ class Archive:
         """
         records: dict[str, ItemRecord] = {}
         problems: list[str] = []
-        self.media_used = set()
+        self.media_used, self.media_known = set(), True
         for path in self.post_paths():
             try:
                 post = self.read_post(path)
             except ArchiveError as e:
                 problems.append(str(e))
+                self.media_known = False  # what it refers to is not known
                 continue
             for kept in _kept_files(post):
                 self.media_used.add(kept)

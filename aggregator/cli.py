@@ -45,6 +45,8 @@ class _JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # (formatted, and scrubbed, already)
+            entry["traceback"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -294,7 +296,9 @@ def reindex(args: argparse.Namespace) -> int:
                 archive.replace_damaged_index(e)
                 names = archive.names_of(cfg.feeds)
             count, problems = archive.reindex(names)
-            if args.media:
+            if args.media and not archive.media_known:  # an unreadable post may use some
+                problems.append("--media: no kept file removed while a post cannot be read")
+            elif args.media:
                 from aggregator.media import MediaStore  # noqa: PLC0415
 
                 files, size = MediaStore(cfg.archive).prune(archive.media_used)
@@ -323,6 +327,7 @@ def add(args: argparse.Namespace) -> int:
       aggregator add https://example.org/feed.xml --name "Example" --interval 2h
     """
     from aggregator.config import resolve_config_path  # noqa: PLC0415
+    from aggregator.secrets import public_url  # noqa: PLC0415
     from aggregator.sources.feedsfile import add_feed  # noqa: PLC0415
     from aggregator.timing import parse_duration  # noqa: PLC0415
 
@@ -350,7 +355,8 @@ def add(args: argparse.Namespace) -> int:
             print(f"  {mark} {url}" + (f"  ({title})" if title else ""))
         print("the first (*) was added; to use another: aggregator remove URL, aggregator add URL")
     name = args.name or found.title
-    print(f"added {found.url}" + (f" as {name!r}" if name else "") + f" to {path}")
+    shown = public_url(found.url)[0]  # (its secrets stay in feeds.yaml)
+    print(f"added {shown}" + (f" as {name!r}" if name else "") + f" to {path}")
     return EXIT_OK
 
 

@@ -207,9 +207,14 @@ class SecretRef:
         return "SecretRef(literal)" if self.kind == "literal" else f"SecretRef({self.kind})"
 
 
+def _sendable(text: str) -> bool:
+    """Printable ASCII on one line: what an HTTP header may carry."""
+    return all(" " <= c <= "~" or c == "\t" for c in text)
+
+
 def _header_value(value: object) -> str:
     text = _string(value)
-    if not all(" " <= c <= "~" or c == "\t" for c in text):
+    if not _sendable(text):
         raise _Bad("must be printable ASCII on one line")
     return text
 
@@ -639,22 +644,25 @@ def _access(
             return None
         if ref.kind == "literal":
             return ref.value
+        value: str | None = None
         if ref.kind == "env":
             value = os.environ.get(ref.value)
-            if value is None:
-                reason = f"environment variable {ref.value} is not set"
-                notes.say(notes.missing, where, reason)
-                reasons.append(reason)
-            return value
-        file = Path(os.path.expanduser(ref.value))
-        file = file if file.is_absolute() else base / file
-        try:
-            return file.read_text(encoding="utf-8").strip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            reason = f"cannot read {file}: {getattr(e, 'strerror', None) or e}"
+            what = f"environment variable {ref.value}"
+            reason = None if value is not None else f"{what} is not set"
+        else:
+            file = Path(os.path.expanduser(ref.value))
+            file = file if file.is_absolute() else base / file
+            what, reason = str(file), None
+            try:
+                value = file.read_text(encoding="utf-8").strip("\r\n")
+            except (OSError, UnicodeDecodeError) as e:
+                reason = f"cannot read {file}: {getattr(e, 'strerror', None) or e}"
+        if value is not None and not _sendable(value):  # (the value itself is never said)
+            value, reason = None, f"{what} holds a line break or a character HTTP cannot send"
+        if reason is not None:
             notes.say(notes.missing, where, reason)
             reasons.append(reason)
-            return None
+        return value
 
     username = password = None
     if userinfo is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import html
+import ipaddress
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ from aggregator.urls import is_http_url
 log = logging.getLogger(__name__)
 
 MAX_PAGE_BYTES = 5 * 1024 * 1024  # a bigger article page is not read (extraction is slow)
+MAX_FILES_PER_POST = 20  # pictures and files kept of one post (the others keep their URLs)
 MAX_TRIES = 3  # polls that try an item's page or pictures before it is left as it is
 PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.1"
 IMAGE_ACCEPT = "image/avif, image/webp, image/png, image/jpeg, image/gif;q=0.9, */*;q=0.1"
@@ -79,7 +81,8 @@ class Enricher:
         self.file_settings = dataclasses.replace(
             settings, accept="*/*", max_bytes=store.limits.enclosure, deadline=600.0
         )
-        self._kept: dict[str, asyncio.Task[str]] = {}  # URL → its local path, this pass
+        self._kept: dict[str, asyncio.Task[str]] = {}  # URL → its local path
+        self._internal: dict[str, bool] = {}  # host → on a private or local address
 
     async def enrich(self, source: FeedSource, post: Post, image_proxy: str | None) -> Enriched:
         missing: list[str] = []
@@ -89,6 +92,8 @@ class Enricher:
                 page = await self._page(source, post.link, image_proxy)
             except (FetchError, ParseError) as e:
                 missing.append(f"its page: {e.reason}")
+            except Refused as e:
+                log.warning("feed=%s item %s: its page not read: %s", post.author, post.link, e)
             except Exception as e:  # the extractor's bug on this page: never the feed's failure
                 log.exception("feed=%s item %s: reading its page failed", post.author, post.link)
                 missing.append(f"its page: internal error: {type(e).__name__}: {_line(e)}")
@@ -102,26 +107,34 @@ class Enricher:
                     content, text_from = page, post.link
         image, media, enclosures = post.image, post.media, post.enclosures
         if source.media != MEDIA_OFF:
-            local: dict[str, str] = {}
             wanted = [html.unescape(url) for _, url, _ in _PICTURE_ATTRIBUTE.findall(content)]
             wanted += [image] if image else []
             wanted += [m.url for m in (*media, *enclosures) if _is_picture(m)]
             files = []
             if source.media == MEDIA_KEEP_ENCLOSURES:
                 files += [m.url for m in (*enclosures, *media) if not _is_picture(m)]
-            for url, picture in [(u, True) for u in wanted] + [(u, False) for u in files]:
-                if not is_http_url(url) or url in local:
-                    continue
-                try:
-                    local[url] = await self._keep(source, url, picture)
-                except (FetchError, Refused, OSError) as e:
-                    reason = e.reason if isinstance(e, FetchError) else str(e)
-                    if isinstance(e, OSError):
-                        reason = f"cannot write it: {e.strerror or e}"
-                    if isinstance(e, Refused | TooLarge):  # for good: its URL stays
-                        log.info("feed=%s %s not kept: %s", post.author, url, reason)
-                    else:
-                        missing.append(f"{url}: {reason}")
+            chosen = {u: True for u in wanted if is_http_url(u)}
+            chosen |= {u: False for u in files if is_http_url(u) and u not in chosen}
+            if len(chosen) > MAX_FILES_PER_POST:
+                log.info(
+                    "feed=%s item %s: keeping its first %d files of %d", post.author,
+                    post.link, MAX_FILES_PER_POST, len(chosen),
+                )  # fmt: skip
+            chosen = dict(list(chosen.items())[:MAX_FILES_PER_POST])
+            kept = await asyncio.gather(
+                *(self._keep(source, url, picture) for url, picture in chosen.items()),
+                return_exceptions=True,
+            )
+            local: dict[str, str] = {}
+            for url, result in zip(chosen, kept, strict=True):
+                if isinstance(result, str):
+                    local[url] = result
+                elif isinstance(result, Refused | TooLarge):  # for good: its URL stays
+                    log.info("feed=%s %s not kept: %s", post.author, url, _reason(result))
+                elif isinstance(result, FetchError | OSError):
+                    missing.append(f"{url}: {_reason(result)}")
+                else:
+                    raise result
             content = _relink(content, local)
             image = local.get(image, image) if image else None
             media = tuple(_moved(m, local) for m in media)
@@ -134,6 +147,7 @@ class Enricher:
         return Enriched(changed, missing)
 
     async def _page(self, source: FeedSource, url: str, image_proxy: str | None) -> str | None:
+        await self._check_address(source, url)
         async with self.slot(url):
             fetched = await fetch_feed(
                 self.client, url, Validators(), self.page_settings, source.access,
@@ -149,26 +163,68 @@ class Enricher:
         return await self.extract(job)
 
     async def _keep(self, source: FeedSource, url: str, picture: bool) -> str:
-        """The local path of the file at ``url``, downloaded once per pass."""
+        """The local path of the file at ``url``, downloaded once however many posts
+        being enriched now show it."""
         task = self._kept.get(url)
         if task is None or (task.done() and task.exception() is not None):
+            if len(self._kept) >= 1000:  # (a daemon's enricher lives long: forget the done)
+                self._kept = {u: t for u, t in self._kept.items() if not t.done()}
             task = self._kept[url] = asyncio.ensure_future(self._download(source, url, picture))
         return await asyncio.shield(task)
 
     async def _download(self, source: FeedSource, url: str, picture: bool) -> str:
-        download = Download(self.store)
-        try:
-            async with self.slot(url):
+        await self._check_address(source, url)
+        async with self.slot(url):
+            download = Download(self.store)  # (opened once a request slot is ours)
+            try:
                 await fetch_feed(
                     self.client, url, Validators(),
                     self.image_settings if picture else self.file_settings,
                     source.access, home=source.fetch_url, sink=download.write,
                 )  # fmt: skip
-            kind = picture_kind(download.head) if picture else file_kind(download.head)
-        except BaseException:
-            download.discard()
-            raise
+                kind = picture_kind(download.head) if picture else file_kind(download.head)
+            except BaseException:
+                download.discard()
+                raise
         return download.keep(kind)
+
+    async def _check_address(self, source: FeedSource, url: str) -> None:
+        """Refuse a page or a file on a private, loopback or link-local address, unless
+        the feed is on one itself: a public feed must not make the aggregator read (and
+        publish) what only its own network can see."""
+        if await self._is_internal(source.fetch_url):
+            return
+        if await self._is_internal(url):
+            raise Refused("on a private or local address, and the feed is not")
+
+    async def _is_internal(self, url: str) -> bool:
+        host = httpx.URL(url).host
+        if host not in self._internal:
+            try:
+                addresses = [ipaddress.ip_address(host)]
+            except ValueError:
+                try:
+                    found = await asyncio.get_running_loop().getaddrinfo(host, None)
+                except OSError:  # (the fetch will say it cannot resolve it)
+                    found = []
+                addresses = [ipaddress.ip_address(info[4][0]) for info in found]
+            self._internal[host] = any(_internal(a) for a in addresses)
+        return self._internal[host]
+
+
+def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return (
+        address.is_private or address.is_loopback or address.is_link_local
+        or address.is_reserved or address.is_multicast or address.is_unspecified
+    )  # fmt: skip
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, FetchError):
+        return error.reason
+    if isinstance(error, OSError):
+        return f"cannot write it: {error.strerror or error}"
+    return str(error)
 
 
 def _line(error: Exception) -> str:

@@ -194,12 +194,12 @@ async def _fetch(
     extensions = {}
     if access is not None and (access.proxy or not access.verify_tls):
         extensions[ROUTE] = (access.proxy, access.verify_tls)
-    home = _origin(origin)
-    shown = public_url(url)[0]
+    home = _origin(origin) if private else None  # (a plain feed: nothing to keep home)
+    shown = public_url(url)[0] if access is not None else url
     target = url
     permanent = True  # every hop so far was 301/308
     for _ in range(settings.max_redirects + 1):
-        sent = {**headers, **private} if _origin(target) == home else headers
+        sent = {**headers, **private} if private and _origin(target) == home else headers
         if access is not None and access.user_agent:  # (not a secret: sent everywhere)
             sent = {**sent, "User-Agent": access.user_agent}
         request = client.build_request("GET", target, headers=sent, extensions=extensions)

@@ -53,6 +53,7 @@ from aggregator.models import (
     Post,
     Validators,
 )
+from aggregator.secrets import scrub
 from aggregator.state import Known
 from aggregator.timing import cache_hint, retry_after
 
@@ -202,7 +203,8 @@ class Poller:
             seen = self._failure(source, e)
         except Exception as e:  # a bug: keep the other feeds going, but say so loudly
             log.exception("feed=%s url=%s internal error", name, source.url)
-            seen = Observation(Outcome.ERROR, error=f"internal error: {type(e).__name__}: {e}")
+            reason = scrub(f"internal error: {type(e).__name__}: {' '.join(str(e).split())}")
+            seen = Observation(Outcome.ERROR, error=reason)
         status = self.record(source, seen)
         name = display_name(source, status)
         log.log(
@@ -272,9 +274,10 @@ class Poller:
         target = (previous.moved_to if previous else None) or source.fetch_url
         fetch_started = time.monotonic()
         async with self.limits.slot(target):
-            fetched = await fetch_feed(
-                self.client, target, validators, self.settings, source.access
-            )
+            fetched = await fetch_feed(  # (credentials to the configured origin only)
+                self.client, target, validators, self.settings, source.access,
+                home=source.fetch_url,
+            )  # fmt: skip
         fetch_seconds = time.monotonic() - fetch_started
         if isinstance(fetched, NotModified):
             hint = cache_hint(fetched.headers, None, self.clock())

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 from feedgen.feed import FeedGenerator
 
@@ -148,8 +147,9 @@ _ID_SCHEMES = frozenset({"http", "https", "urn", "tag"})
 
 
 def _absolute(url: str, site: str) -> str:
-    """A file the archive keeps (``/media/...``) as a URL under the site's link."""
-    return urljoin(site, url) if url.startswith("/media/") else url
+    """A file the archive keeps (``/media/...``) as a URL under the site's link (which
+    may be a folder of its host: the site is served there)."""
+    return site.rstrip("/") + url if url.startswith("/media/") else url
 
 
 def _absolute_media(media: tuple[Media, ...], site: str) -> tuple[Media, ...]:
@@ -162,7 +162,7 @@ _KEPT_IN_CONTENT = re.compile(r'(?<==")(/media/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9
 def _item(post: Post, key: str, feed_url: str | None, site: str) -> _Item:
     content = xml_safe(post.content)
     if "/media/" in content:  # pictures kept in the archive: absolute under the site
-        content = _KEPT_IN_CONTENT.sub(lambda m: urljoin(site, m[1]), content)
+        content = _KEPT_IN_CONTENT.sub(lambda m: _absolute(m[1], site), content)
     # The summary needs the start of the text only; a 10 MB item is not stripped whole.
     text = " ".join(html_to_text(content[: SUMMARY_CHARS * 20]).split())
     if len(text) > SUMMARY_CHARS:

@@ -14,24 +14,22 @@ import logging
 import re
 import threading
 from collections.abc import Iterable
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 # Query parameters that carry a secret: their values are never published.
 SECRET_PARAMS = frozenset(
-    {
-        "access_token", "api_key", "apikey", "auth", "auth_token", "hash", "key",
-        "pass", "passwd", "password", "private_token", "secret", "session", "sid", "sig",
-        "signature", "token", "user_token",
-    }
-)  # fmt: skip
-_SECRET_SUFFIXES = ("token", "secret", "password", "apikey", "api_key", "_key", "_sig")
+    {"auth", "hash", "key", "pass", "passwd", "session", "sid", "sig", "signature"}
+)
+# ... and any name ending so, once separators are dropped (api_key, api-key, passkey,
+# authkey, torrent_pass, access_token, private_token, client_secret, ...)
+_SECRET_SUFFIXES = ("token", "secret", "password", "passwd", "pass", "key", "sig")
 MIN_SECRET = 4  # shorter values are not scrubbed from messages (they would mangle them)
 MASK = "***"
 
 
 def is_secret_param(name: str) -> bool:
-    lowered = unquote(name).lower()
-    return lowered in SECRET_PARAMS or lowered.endswith(_SECRET_SUFFIXES)
+    bare = unquote(name).lower().replace("_", "").replace("-", "").replace(".", "")
+    return bare in SECRET_PARAMS or bare.endswith(_SECRET_SUFFIXES)
 
 
 def public_url(url: str) -> tuple[str, tuple[str, ...], tuple[str, str] | None]:
@@ -76,7 +74,9 @@ _lock = threading.Lock()
 def register(values: Iterable[str]) -> None:
     """Remember secret values for :func:`scrub`."""
     global _pattern  # noqa: PLW0603 -- one registry per process, like logging's
-    new = {v for v in values if len(v) >= MIN_SECRET}
+    # As given, and as a URL or a form carries it (a log line shows URLs encoded).
+    new = {form for v in values for form in (v, quote(v, safe=""), quote_plus(v))}
+    new = {v for v in new if len(v) >= MIN_SECRET}
     with _lock:
         if new <= _known:
             return

@@ -76,6 +76,7 @@ _SHIPPED_BEFORE = {
     "_layouts/post.html": {
         "a16f6d59c93a3e55bc42a665e3c4dc34e48135d893afe9720c4273d360c2b647",
         "fcd08894a2467f9cc76863f058a24722b0bcec22ca57ad1e3fa131386c32ea5f",
+        "83cdcf03d52ab50f2c5fab060610001711f467f25c3f7bc09ad20ed8b977ccef",
     },
 }
 

@@ -374,6 +374,12 @@ def test_reindex_knows_kept_files_and_removes_those_no_post_uses(
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
 
+    broken = config.archive / "_posts" / "broken.md"
+    broken.write_text("not a post: no front matter")
+    refused = reindex("--media")  # an unreadable post might refer to any kept file
+    assert "no kept file removed while a post cannot be read" in refused.stderr
+    assert kept[png(1)].exists()
+    broken.unlink()
     plain = reindex()
     assert plain.returncode == 0, plain.stderr
     assert "refers to /media/" in plain.stderr and "which is not in the archive" in plain.stderr
@@ -384,18 +390,28 @@ def test_reindex_knows_kept_files_and_removes_those_no_post_uses(
 
 
 def test_jekyll_shows_the_kept_pictures(tmp_path: Path, farm: Farm, clock: StepClock) -> None:
+    """The article's picture and the item's thumbnail, both kept, shown from the site."""
     jekyll = debian_program("jekyll", "jekyll")
-    for i in range(1):
-        farm.routes[f"/news/{i}.html"] = page(i)
+    farm.routes["/news/0.html"] = page(0)
     farm.routes["/img/river.png"] = Answer(200, png(5), {"Content-Type": "image/png"})
-    farm.routes["/feed"] = Answer(200, teaser_feed(farm, 1))
+    farm.routes["/img/thumb.png"] = Answer(200, png(6), {"Content-Type": "image/png"})
+    thumbnail = f"<media:thumbnail url='{farm.url('/img/thumb.png')}'/>"
+    farm.routes["/feed"] = Answer(
+        200,
+        teaser_feed(farm, 1)
+        .replace(b"</item>", thumbnail.encode() + b"</item>")
+        .replace(
+            b'<rss version="2.0">',
+            b'<rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/">',
+        ),
+    )
     config = load_config(
         write_config(
             tmp_path, [{"url": farm.url("/feed"), "full_text": True, "media": "keep"}], workers=0
         )
     )
     run_pass(config, clock=clock)
-    (kept,) = kept_files(config.archive)
+    kept, thumb = sorted(kept_files(config.archive), key=lambda p: p.read_bytes() != png(5))
     out = tmp_path / "site"
     subprocess.run(
         [jekyll, "build", "--source", str(config.archive), "--destination", str(out), "--quiet"],
@@ -406,3 +422,35 @@ def test_jekyll_shows_the_kept_pictures(tmp_path: Path, farm: Farm, clock: StepC
     (page_file,) = [p for p in out.rglob("*.html") if "story-0" in p.as_posix()]
     html = page_file.read_text()
     assert f'<img src="/{relative}"' in html and "LEAD-0." in html
+    thumb_path = thumb.relative_to(config.archive).as_posix()
+    assert (out / thumb_path).read_bytes() == png(6)
+    assert f'<img src="/{thumb_path}" alt="">' in html  # the layout's picture, local too
+
+
+def test_a_public_feed_cannot_make_it_read_a_local_address() -> None:
+    """An item of a feed on a public address that links (or shows a picture) on a
+    loopback, private or link-local address is not fetched; a feed on such an address
+    (a home server) may use them."""
+    import asyncio
+
+    from aggregator.enrich import Enricher
+    from aggregator.media import Refused
+    from aggregator.models import FeedSource
+
+    enricher = Enricher.__new__(Enricher)
+    enricher._internal = {}
+    public = FeedSource("http://93.184.216.34/feed.xml")
+    home = FeedSource("http://192.168.1.10/feed.xml")
+
+    async def check(source: FeedSource, url: str) -> bool:
+        try:
+            await enricher._check_address(source, url)
+        except Refused:
+            return False
+        return True
+
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:8080/",
+                "http://[::1]/x", "http://10.0.0.5/admin", "http://localhost/x"):  # fmt: skip
+        assert not asyncio.run(check(public, url)), url
+        assert asyncio.run(check(home, url)), url
+    assert asyncio.run(check(public, "http://93.184.216.35/picture.png"))

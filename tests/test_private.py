@@ -203,6 +203,48 @@ def test_credentials_go_to_their_origin_only(farm: Farm) -> None:
         assert away.headers["user-agent"] == "private-agent/1"  # not a secret
 
 
+def test_a_permanent_move_to_another_origin_takes_no_credentials_there(
+    tmp_path: Path, farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feed moved (301) to another origin: neither the poll that learns it nor the
+    polls that then go straight to the new URL send the credentials there."""
+    from aggregator.pipeline import run_pass
+    from tests.conftest import StepClock
+
+    monkeypatch.setenv("FEED_PASSWORD", PASSWORD)
+    with Farm().running() as other:
+        other.routes["/new"] = Answer(200, rss(stories("moved")))
+        farm.routes["/old"] = Answer(301, b"", {"Location": other.url("/new")})
+        (tmp_path / "feeds.yaml").write_text(
+            f"feeds:\n  - url: {farm.url('/old')}\n"
+            "    auth: {username: alice, password_env: FEED_PASSWORD}\n"
+            "    cookie: {env: FEED_PASSWORD}\n"
+        )
+        config = load_config(tmp_path / "feeds.yaml")
+        clock = StepClock()
+        for _ in range(2):
+            run_pass(config, clock=clock)
+        assert farm.requests_to("/old")[0].headers["authorization"] == basic("alice", PASSWORD)
+        moved = other.requests_to("/new")
+        assert len(moved) == 2 and len(farm.requests_to("/old")) == 1  # the move was kept
+        for request in moved:
+            assert "authorization" not in request.headers and "cookie" not in request.headers
+
+
+def test_a_secret_http_cannot_send_is_missing_and_never_said(
+    private: tuple[Path, dict[str, str], int], farm: Farm
+) -> None:
+    config, env, _ = private
+    (config.parent / "cookie.txt").write_text("session=line-one-secret\nline-two-secret\n")
+    checked = run(env, "check", "-c", str(config))
+    assert checked.returncode == 2
+    assert "holds a line break or a character HTTP cannot send" in checked.stderr
+    passed = run(env, "poll", "-v", "-c", str(config))
+    assert passed.returncode == 1 and farm.requests_to("/cookie") == []
+    said = checked.stdout + checked.stderr + passed.stdout + passed.stderr
+    assert "line-one-secret" not in said and "line-two-secret" not in said
+
+
 def test_check_names_missing_secrets_and_warns_without_printing_them(
     private: tuple[Path, dict[str, str], int], farm: Farm
 ) -> None:
@@ -320,6 +362,14 @@ def test_public_url_and_scrub() -> None:
         None,
     )
     assert public_url("https://h.example/f?q=1") == ("https://h.example/f?q=1", (), None)
+    tracker = (
+        "https://t.example/rss?passkey=P1111&authkey=A1111&torrent_pass=T1111&api-key=K1111&cat=4"
+    )
+    assert public_url(tracker) == (
+        "https://t.example/rss?cat=4", ("P1111", "A1111", "T1111", "K1111"), None,
+    )  # fmt: skip
+    register(["tok/with+plus"])  # a log line shows it as a URL carries it
+    assert scrub("GET /f?token=tok%2Fwith%2Bplus") == "GET /f?token=***"
     register(["scrub-me-7d1c"])
     assert scrub("a scrub-me-7d1c b") == "a *** b"
     error = FetchError("https://h.example/", "proxy said scrub-me-7d1c")
@@ -331,6 +381,16 @@ def test_public_url_and_scrub() -> None:
     assert (
         repr(Access("https://h.example/?token=T0K", "u", "pw-long")) == "Access(username, password)"
     )
+    # A traceback in the JSON log survives the scrubbing, scrubbed.
+    from aggregator.cli import _JsonFormatter
+
+    try:
+        raise RuntimeError("failed with scrub-me-7d1c")
+    except RuntimeError:
+        failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "oops", (), sys.exc_info())
+    assert ScrubFilter().filter(failed)
+    line = _JsonFormatter().format(failed)
+    assert "RuntimeError: failed with ***" in line and "scrub-me-7d1c" not in line
 
 
 def test_invalid_credential_settings_are_reported(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from aggregator.archive import write_file_atomic
 from aggregator.config import FEED_KEY_NAMES
 from aggregator.errors import ConfigError, FeedError, SourcesError
 from aggregator.models import DEFAULT_LINK, Config
+from aggregator.secrets import public_url
 from aggregator.sources.discover import Found, find_feed
 from aggregator.urls import is_http_url, normalize_url
 
@@ -87,11 +88,17 @@ class Editable:
         return self.data["feeds"]
 
     def find(self, url: str) -> int | None:
-        """Index of the entry for ``url`` (compared normalized), if any."""
-        key = normalize_url(url) or url
+        """Index of the entry for ``url`` (compared normalized and public: the URL that
+        `status` shows finds its entry), if any."""
+
+        def key(text: str) -> str:
+            public = public_url(text)[0]
+            return normalize_url(public) or public
+
+        wanted = key(url)
         for i, entry in enumerate(self.feeds):
             other = entry.get("url") if isinstance(entry, dict) else None
-            if isinstance(other, str) and (normalize_url(other) or other) == key:
+            if isinstance(other, str) and key(other) == wanted:
                 return i
         return None
 
@@ -198,7 +205,8 @@ def _refuse_duplicate(editable: Editable, url: str) -> None:
     if index is not None:
         line = editable.feeds[index].lc.line + 1
         raise SourcesError(
-            f"{url} is already in {editable.path} (feeds[{index}], line {line}); nothing added"
+            f"{public_url(url)[0]} is already in {editable.path} (feeds[{index}], line {line});"
+            " nothing added"
         )
 
 
