@@ -6,12 +6,13 @@ and all problems of a file are reported at once.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,27 +20,32 @@ from aggregator.errors import ConfigError, ConfigProblem, ConfigUnreadable
 from aggregator.models import (
     DEFAULT_HOST,
     DEFAULT_LINK,
+    DEFAULT_MAX_ENCLOSURE_BYTES,
     DEFAULT_MAX_ENTRIES,
     DEFAULT_MAX_FEED_BYTES,
+    DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_ITEMS,
+    DEFAULT_MAX_MEDIA_BYTES,
     DEFAULT_MAX_PER_HOST,
     DEFAULT_PORT,
     KEEP_GLOBAL,
     MEDIA_KEEP,
     MEDIA_KEEP_ENCLOSURES,
     MEDIA_OFF,
-    Access,
     Config,
     FeedSource,
     ItemRules,
-    MediaLimits,
     Podcast,
 )
 from aggregator.posts import slugify
 from aggregator.secrets import public_url, register
 from aggregator.timing import DEFAULT_INTERVAL, MIN_INTERVAL, format_duration, parse_duration
 from aggregator.urls import is_http_url, normalize_url
+
+if TYPE_CHECKING:
+    from aggregator.access import Access
+    from aggregator.media import MediaLimits
 
 ENV_VAR = "AGGREGATOR_CONFIG"
 DEFAULT_PATH = "feeds.yaml"
@@ -196,15 +202,18 @@ _HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connec
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-@dataclass(frozen=True, slots=True)
 class SecretRef:
-    """Where a secret is: given in feeds.yaml, in an environment variable, or in a file."""
+    """Where a secret is: given in feeds.yaml, in an environment variable, or in a file.
+    (A plain class: a dataclass costs its definition at every start.)"""
 
-    kind: str  # "literal", "env" or "file"
-    value: str  # the secret itself, the variable's name, or the file's path
+    __slots__ = ("kind", "value")
+
+    def __init__(self, kind: str, value: str) -> None:
+        self.kind = kind  # "literal", "env" or "file"
+        self.value = value  # the secret itself, the variable's name, or the file's path
 
     def __repr__(self) -> str:
-        return "SecretRef(literal)" if self.kind == "literal" else f"SecretRef({self.kind})"
+        return f"SecretRef({self.kind})"
 
 
 def _sendable(text: str) -> bool:
@@ -283,6 +292,8 @@ def _proxy(value: object) -> str:
     scheme = url.partition("://")[0].lower()
     if scheme not in ("http", "https", "socks5", "socks5h") or "://" not in url:
         raise _Bad("must be an http://, https://, socks5:// or socks5h:// URL")
+    if scheme.startswith("socks") and importlib.util.find_spec("socksio") is None:
+        raise _Bad("a SOCKS proxy needs the socksio package: pip install 'aggregator[socks]'")
     return url
 
 
@@ -475,7 +486,6 @@ def _tag_settings(data: object, loc: Loc, report: Report) -> dict[str, Any]:
     return {str(tag): _TAG(value, (*loc, str(tag)), report) for tag, value in data.items()}
 
 
-_MEDIA_LIMITS = MediaLimits()
 _TOP = _mapping(
     {
         "title": (_simple(_text), "Aggregator"),
@@ -488,9 +498,9 @@ _TOP = _mapping(
         "media_limits": (
             _mapping(
                 {
-                    "image": (_simple(_integer(1024)), _MEDIA_LIMITS.image),
-                    "enclosure": (_simple(_integer(1024)), _MEDIA_LIMITS.enclosure),
-                    "total": (_simple(_integer(1024)), _MEDIA_LIMITS.total),
+                    "image": (_simple(_integer(1024)), DEFAULT_MAX_IMAGE_BYTES),
+                    "enclosure": (_simple(_integer(1024)), DEFAULT_MAX_ENCLOSURE_BYTES),
+                    "total": (_simple(_integer(1024)), DEFAULT_MAX_MEDIA_BYTES),
                 }
             ),
             dict,
@@ -575,7 +585,7 @@ def load_config(path: Path) -> Config:
         max_in_flight=top["max_in_flight"],
         max_in_flight_per_host=top["max_in_flight_per_host"],
         media=top["media"],
-        media_limits=MediaLimits(**top["media_limits"]) if top["media_limits"] else MediaLimits(),
+        media_limits=_media_limits(top["media_limits"]),
         warnings=tuple(str(w) for w in notes.warnings),
         missing=tuple(str(m) for m in notes.missing),
         feeds=tuple(
@@ -609,20 +619,17 @@ def load_config(path: Path) -> Config:
     )
 
 
-@dataclass
 class _Notes:
     """What loading says besides problems: warnings, and secrets it could not read."""
 
-    file: str
-    lines: dict[Loc, int]
-    warnings: list[ConfigProblem] = field(default_factory=list)
-    missing: list[ConfigProblem] = field(default_factory=list)
+    def __init__(self, file: str, lines: dict[Loc, int]) -> None:
+        self.file, self.lines = file, lines
+        self.warnings: list[ConfigProblem] = []
+        self.missing: list[ConfigProblem] = []
 
     def say(self, into: list[ConfigProblem], loc: Loc, message: str) -> None:
-        line = next(
-            (self.lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in self.lines), None
-        )
-        into.append(ConfigProblem(self.file, line, format_loc(loc), message))
+        found = (self.lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in self.lines)
+        into.append(ConfigProblem(self.file, next(found, None), format_loc(loc), message))
 
 
 def _access(
@@ -675,6 +682,8 @@ def _access(
         password = read(auth["password"], (*loc, "auth"))
         if auth["password"].kind == "literal":
             notes.say(notes.warnings, (*loc, "auth", "password"), _IN_THE_FILE)
+    from aggregator.access import Access  # noqa: PLC0415 -- only for feeds that need it
+
     if verify is False:
         notes.say(
             notes.warnings,
@@ -698,6 +707,14 @@ _IN_THE_FILE = (
     "a password written in feeds.yaml: prefer password_env or password_file, and keep "
     "the file private"
 )
+
+
+def _media_limits(given: dict[str, Any]) -> MediaLimits | None:
+    if not given:
+        return None
+    from aggregator.media import MediaLimits  # noqa: PLC0415 -- only when said
+
+    return MediaLimits(**given)
 
 
 def _podcast(fields: dict[str, Any]) -> Podcast:

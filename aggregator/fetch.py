@@ -14,14 +14,18 @@ import socket
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 import httpx
 
 from aggregator import __version__
 from aggregator.errors import FetchError, TooLarge
-from aggregator.models import DEFAULT_MAX_FEED_BYTES, Access, Fetched, NotModified, Validators
+from aggregator.models import DEFAULT_MAX_FEED_BYTES, Fetched, NotModified, Validators
 from aggregator.secrets import public_url
+
+if TYPE_CHECKING:
+    from aggregator.access import Access
 from aggregator.urls import is_http_url
 
 ACCEPT = (

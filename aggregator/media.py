@@ -15,10 +15,15 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from aggregator.archive import fsync_path
-from aggregator.models import MediaLimits
+from aggregator.models import (
+    DEFAULT_MAX_ENCLOSURE_BYTES,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_MEDIA_BYTES,
+)
 
 MEDIA_DIR = "media"
 _TEMP_DIR = ".partial"  # downloads under way; what a kill leaves there is removed later
@@ -75,6 +80,15 @@ def file_kind(head: bytes) -> str:
     if head.lstrip()[:1] == b"<":
         raise Refused("markup (HTML, SVG or XML), not a file the archive keeps")
     return "bin"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaLimits:
+    """How much ``media: keep`` may download (feeds.yaml ``media_limits``), in bytes."""
+
+    image: int = DEFAULT_MAX_IMAGE_BYTES  # one picture
+    enclosure: int = DEFAULT_MAX_ENCLOSURE_BYTES  # one enclosure (``keep_enclosures``)
+    total: int = DEFAULT_MAX_MEDIA_BYTES  # the whole media folder
 
 
 class Download:

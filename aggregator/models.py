@@ -10,8 +10,13 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aggregator.timing import DEFAULT_INTERVAL
+
+if TYPE_CHECKING:  # (made only when a feed or the config needs them: not on every start)
+    from aggregator.access import Access
+    from aggregator.media import MediaLimits
 
 DEFAULT_MAX_ITEMS = 100
 DEFAULT_MAX_FEED_BYTES = 10 * 1024 * 1024
@@ -81,53 +86,6 @@ class ItemRules:
     full_content: bool = True  # False: the feed's summary only
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class Access:
-    """What fetching a private or difficult feed needs besides its public URL. Holds
-    secrets: never printed (its repr names only what is set), never published."""
-
-    url: str  # the URL to fetch: the public one, plus its secret query parameters
-    username: str | None = None  # HTTP basic auth
-    password: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()  # extra request headers
-    cookie: str | None = None  # the Cookie header
-    user_agent: str | None = None  # instead of the global one
-    proxy: str | None = None  # http://, https:// or socks5:// URL
-    verify_tls: bool = True
-    missing: str | None = None  # a secret feeds.yaml names but that could not be read
-
-    def __repr__(self) -> str:
-        said = [f.name for f in fields(self) if f.name not in ("url", "verify_tls")]
-        said = [name for name in said if getattr(self, name)]
-        return f"Access({', '.join(said + ([] if self.verify_tls else ['verify_tls=False']))})"
-
-    @property
-    def credentials(self) -> bool:
-        """True when it carries anything secret (what an export must leave out)."""
-        return bool(self.secrets) or self.username is not None
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """Every secret value it holds, for :func:`aggregator.secrets.scrub`."""
-        from aggregator.secrets import public_url  # noqa: PLC0415
-
-        values = [self.password or "", self.cookie or "", *(v for _, v in self.headers)]
-        values += public_url(self.url)[1]
-        if self.proxy:
-            values += [v for v in (public_url(self.proxy)[2] or ("", ""))[1:] if v]
-        return tuple(v for v in values if v)
-
-    @property
-    def fingerprint(self) -> str:
-        """What of it may be told: who, which headers, through what (no secret value)."""
-        from aggregator.secrets import public_url, without_userinfo  # noqa: PLC0415
-
-        proxy = without_userinfo(self.proxy) if self.proxy else None
-        names = tuple(name for name, _ in self.headers)
-        said = (public_url(self.url)[0], self.username, names, self.user_agent, proxy)
-        return repr((*said, self.verify_tls, self.cookie is not None))
-
-
 MEDIA_OFF, MEDIA_KEEP, MEDIA_KEEP_ENCLOSURES = "off", "keep", "keep_enclosures"
 
 
@@ -190,13 +148,10 @@ class Podcast:
         return any(getattr(self, f.name) is not None for f in fields(self))
 
 
-@dataclass(frozen=True, slots=True)
-class MediaLimits:
-    """How much ``media: keep`` may download (feeds.yaml ``media_limits``), in bytes."""
-
-    image: int = 10 * 1024 * 1024  # one picture
-    enclosure: int = 200 * 1024 * 1024  # one enclosure (``keep_enclosures``)
-    total: int = 5 * 1024 * 1024 * 1024  # the whole media folder
+# What ``media: keep`` may download (feeds.yaml ``media_limits``), in bytes.
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024  # one picture
+DEFAULT_MAX_ENCLOSURE_BYTES = 200 * 1024 * 1024  # one enclosure (``keep_enclosures``)
+DEFAULT_MAX_MEDIA_BYTES = 5 * 1024 * 1024 * 1024  # the whole media folder
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +178,7 @@ class Config:
     podcast: Podcast = Podcast()  # of every published feed
     tag_podcasts: tuple[tuple[str, Podcast], ...] = ()  # per tag, over ``podcast``
     media: str = MEDIA_OFF  # the feeds' default ``media:``
-    media_limits: MediaLimits = MediaLimits()
+    media_limits: MediaLimits | None = None  # None: the defaults
     warnings: tuple[str, ...] = ()  # allowed, but worth a word (a password in the file)
     missing: tuple[str, ...] = ()  # secrets named but unreadable: those feeds will fail
 

@@ -35,6 +35,8 @@ def is_secret_param(name: str) -> bool:
 def public_url(url: str) -> tuple[str, tuple[str, ...], tuple[str, str] | None]:
     """``url`` without its secrets: returns the public URL, the secret query values it
     removed, and the ``(user, password)`` of its userinfo (None when it has none)."""
+    if "?" not in url and "@" not in url:  # most feeds: nothing to take out
+        return url, (), None
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -19,10 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aggregator.access import Access
 from aggregator.config import load_config
 from aggregator.errors import FetchError
 from aggregator.fetch import FetchSettings, fetch_feed, make_client
-from aggregator.models import Access, Validators
+from aggregator.models import Validators
 from aggregator.secrets import ScrubFilter, public_url, register, scrub
 from aggregator.sources.opml import export_opml, import_opml
 from tests.farm import Answer, Farm, Request, rss
