@@ -38,6 +38,7 @@ from aggregator.models import (
     Validators,
 )
 from aggregator.posts import render_post
+from aggregator.sanitize import proxy_image
 from aggregator.urls import is_http_url
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,11 @@ class Enricher:
         store: MediaStore,
         slot: Callable[[str], AbstractAsyncContextManager[None]],
         extract: Callable[[PageJob], Awaitable[str | None]],
+        *,
+        kept: Callable[[str], str | None] = lambda url: None,
+        remember: Callable[[str, str], None] = lambda url, path: None,
     ) -> None:
+        self.kept, self.remember = kept, remember  # URL → the kept file it gave
         self.client = client
         self.store = store
         self.slot = slot
@@ -135,7 +140,7 @@ class Enricher:
                     missing.append(f"{url}: {_reason(result)}")
                 else:
                     raise result
-            content = _relink(content, local)
+            content = _relink(content, local, image_proxy)
             image = local.get(image, image) if image else None
             media = tuple(_moved(m, local) for m in media)
             enclosures = tuple(_moved(m, local) for m in enclosures)
@@ -163,8 +168,10 @@ class Enricher:
         return await self.extract(job)
 
     async def _keep(self, source: FeedSource, url: str, picture: bool) -> str:
-        """The local path of the file at ``url``, downloaded once however many posts
-        being enriched now show it."""
+        """The local path of the file at ``url``: downloaded once however many posts
+        show it, now or later (the index remembers what each URL gave)."""
+        if (known := self.kept(url)) is not None and self.store.has(known):
+            return known
         task = self._kept.get(url)
         if task is None or (task.done() and task.exception() is not None):
             if len(self._kept) >= 1000:  # (a daemon's enricher lives long: forget the done)
@@ -186,7 +193,9 @@ class Enricher:
             except BaseException:
                 download.discard()
                 raise
-        return download.keep(kind)
+        path = download.keep(kind)
+        self.remember(url, path)
+        return path
 
     async def _check_address(self, source: FeedSource, url: str) -> None:
         """Refuse a page or a file on a private, loopback or link-local address, unless
@@ -210,6 +219,11 @@ class Enricher:
                 addresses = [ipaddress.ip_address(info[4][0]) for info in found]
             self._internal[host] = any(_internal(a) for a in addresses)
         return self._internal[host]
+
+
+def _proxy_head(template: str) -> str:
+    """What every URL through the proxy starts with."""
+    return template.split("{url}", 1)[0]
 
 
 def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -242,12 +256,18 @@ def _moved(media: Media, local: dict[str, str]) -> Media:
     return dataclasses.replace(media, url=local[media.url], type=CONTENT_TYPES.get(kind))
 
 
-def _relink(content: str, local: dict[str, str]) -> str:
-    """Pictures of sanitized ``content`` pointed at their kept copies (the others keep
-    their URL: tried again later)."""
+def _relink(content: str, local: dict[str, str], image_proxy: str | None) -> str:
+    """Pictures of sanitized ``content`` pointed at their kept copies; the others through
+    the image proxy, if there is one (a later try downloads them from there)."""
 
     def swap(match: re.Match[str]) -> str:
         url = html.unescape(match[2])
-        return match[1] + html.escape(local[url]) + match[3] if url in local else match[0]
+        if url in local:
+            url = local[url]
+        elif image_proxy and is_http_url(url) and not url.startswith(_proxy_head(image_proxy)):
+            url = proxy_image(url, image_proxy)
+        else:
+            return match[0]
+        return match[1] + html.escape(url) + match[3]
 
     return _PICTURE_ATTRIBUTE.sub(swap, content)

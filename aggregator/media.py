@@ -148,6 +148,10 @@ class MediaStore:
         self._total: int | None = None
         self.counter = iter(range(1 << 62))
 
+    def has(self, path: str) -> bool:
+        """``path`` (``/media/...``) is a kept file."""
+        return (self.root / path.lstrip("/")).is_file()
+
     def total(self) -> int:
         """Bytes kept (counted once, then kept up to date)."""
         if self._total is None:

@@ -423,9 +423,10 @@ class Poller:
         from aggregator.enrich import Enricher  # noqa: PLC0415 -- only for these feeds
 
         if self.enricher is None:
+            state = self.archive.state
             self.enricher = Enricher(
                 self.client, self.settings, self.media_store(), self.limits.slot,
-                self.workers.extract,
+                self.workers.extract, kept=state.kept_path, remember=state.note_kept,
             )  # fmt: skip
         return self.enricher
 

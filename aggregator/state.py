@@ -71,6 +71,8 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS items_alias ON items (alias) WHERE alias IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS items_unfinished ON items (feed_url) WHERE unfinished > 0",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    # media: keep: what each URL gave (``/media/...``), so that it is not downloaded again
+    "CREATE TABLE IF NOT EXISTS kept (url TEXT PRIMARY KEY, path TEXT NOT NULL)",
 )
 # Columns later schemas added to the tables of earlier ones (``unfinished`` came without
 # a new version: older releases leave it at its default).
@@ -408,6 +410,14 @@ class State:
         if self._old:  # an older version kept no such record
             return False
         return bool(self._read("SELECT 1 FROM meta WHERE key = ?", (_PUBLISH_NEEDED,)))
+
+    def kept_path(self, url: str) -> str | None:
+        """The kept file ``url`` gave, if it was downloaded before."""
+        rows = self._read("SELECT path FROM kept WHERE url = ?", (url,))
+        return str(rows[0][0]) if rows else None
+
+    def note_kept(self, url: str, path: str) -> None:
+        self._write("INSERT OR REPLACE INTO kept VALUES (?, ?)", [(url, path)])
 
     def publish_later(self) -> None:
         """The merged feed is behind the posts (some were rewritten)."""

@@ -454,3 +454,45 @@ def test_a_public_feed_cannot_make_it_read_a_local_address() -> None:
         assert not asyncio.run(check(public, url)), url
         assert asyncio.run(check(home, url)), url
     assert asyncio.run(check(public, "http://93.184.216.35/picture.png"))
+
+
+def test_a_kept_picture_is_not_downloaded_again_and_the_proxy_shows_the_others(
+    tmp_path: Path, farm: Farm, clock: StepClock
+) -> None:
+    """A later post showing a picture kept for an earlier one refers to the same file,
+    without asking for it again; a picture that is not kept (an SVG) goes through the
+    image proxy."""
+    farm.routes["/img/logo.png"] = Answer(200, png(4), {"Content-Type": "image/png"})
+    farm.routes["/img/chart.svg"] = Answer(200, SVG, {"Content-Type": "image/svg+xml"})
+
+    def feed(n: int) -> bytes:
+        items = "".join(
+            f"<item><title>Post {i}</title><link>{farm.url(f'/p/{i}')}</link>"
+            "<description><![CDATA[<img src='/img/logo.png'><img src='/img/chart.svg'>]]>"
+            "</description></item>"
+            for i in range(n)
+        )
+        return (
+            '<?xml version="1.0"?><rss version="2.0"><channel><title>Logo</title>'
+            f"<link>{farm.url('/')}</link><description>d</description>{items}</channel></rss>"
+        ).encode()
+
+    farm.routes["/feed"] = Answer(200, feed(1))
+    config = load_config(
+        write_config(
+            tmp_path,
+            [{"url": farm.url("/feed"), "media": "keep"}],
+            workers=0,
+            image_proxy="https://proxy.example/?url={url}",
+        )
+    )
+    assert run_pass(config, clock=clock).new == 1
+    farm.routes["/feed"] = Answer(200, feed(2))
+    assert run_pass(config, clock=clock).new == 1
+    assert len(farm.requests_to("/img/logo.png")) == 1
+    (kept,) = kept_files(config.archive)
+    local = "/" + kept.relative_to(config.archive).as_posix()
+    svg = farm.url("/img/chart.svg").split("://", 1)[1]
+    for text in posts_of(config.archive).values():
+        assert f'<img src="{local}">' in text
+        assert f'<img src="https://proxy.example/?url={svg}">' in text
