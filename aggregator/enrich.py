@@ -5,9 +5,10 @@ archive (``media: keep``).
 Only new items, items the source edited, and items a previous try left unfinished are
 worked on; a feed without these options never comes here. Every request goes through
 the poll's per-host limits with the poll's user agent, timeouts and size caps. A page or
-file that fails leaves the feed's own text or the original URL in place: the post is
-archived now and marked unfinished, and later polls try again a bounded number of
-times. Nothing here ever fails a feed.
+file that fails leaves the feed's own text or the picture's URL (through the image
+proxy, if there is one): the post is archived now and marked unfinished, and later
+polls try again, from the archived post, a bounded number of times. Nothing here ever
+fails a feed.
 """
 
 from __future__ import annotations
@@ -18,16 +19,25 @@ import html
 import ipaddress
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import httpx
 
-from aggregator.errors import FetchError, ParseError, TooLarge
+from aggregator.archive import Archive
+from aggregator.errors import ArchiveError, FetchError, ParseError, TooLarge
 from aggregator.fetch import FetchSettings, fetch_feed
 from aggregator.fulltext import PageJob
-from aggregator.media import CONTENT_TYPES, Download, MediaStore, Refused, file_kind, picture_kind
+from aggregator.media import (
+    CONTENT_TYPES,
+    Download,
+    MediaLimits,
+    MediaStore,
+    Refused,
+    file_kind,
+    picture_kind,
+)
 from aggregator.models import (
     MEDIA_KEEP_ENCLOSURES,
     MEDIA_OFF,
@@ -39,6 +49,7 @@ from aggregator.models import (
 )
 from aggregator.posts import render_post
 from aggregator.sanitize import proxy_image
+from aggregator.state import Known
 from aggregator.urls import is_http_url
 
 log = logging.getLogger(__name__)
@@ -65,16 +76,17 @@ class Enricher:
         self,
         client: httpx.AsyncClient,
         settings: FetchSettings,
-        store: MediaStore,
+        archive: Archive,
+        limits: MediaLimits | None,
+        *,
         slot: Callable[[str], AbstractAsyncContextManager[None]],
         extract: Callable[[PageJob], Awaitable[str | None]],
-        *,
-        kept: Callable[[str], str | None] = lambda url: None,
-        remember: Callable[[str, str], None] = lambda url, path: None,
     ) -> None:
-        self.kept, self.remember = kept, remember  # URL → the kept file it gave
+        self.archive = archive
         self.client = client
-        self.store = store
+        self.store = store = MediaStore(archive.root, limits)
+        if removed := store.clean_partial():
+            log.info("removed %d downloads an earlier run left unfinished", removed)
         self.slot = slot
         self.extract = extract
         self.page_settings = dataclasses.replace(
@@ -88,6 +100,61 @@ class Enricher:
         )
         self._kept: dict[str, asyncio.Task[str]] = {}  # URL → its local path
         self._internal: dict[str, bool] = {}  # host → on a private or local address
+
+    async def new_posts(
+        self, source: FeedSource, posts: list[Post], proxy: str | None
+    ) -> list[Post]:
+        """The posts with their article pages and kept pictures, for the items that are
+        new or edited at the source (the others are archived already)."""
+        state = self.archive.state
+        first: dict[str, Post] = {}
+        for post in posts:
+            first.setdefault(post.key, post)
+        known = state.known_keys(k for p in first.values() for k in (p.key, *p.aliases))
+        new = {k for k, p in first.items() if k not in known and known.isdisjoint(p.aliases)}
+        old = [p for k, p in first.items() if k not in new]
+        edited = state.changed((p.key, p.digest) for p in old) if source.updates else {}
+        chosen = [p for k, p in first.items() if k in new or k in edited]
+        if not chosen:
+            return posts
+        done = await asyncio.gather(*(self.enrich(source, p, proxy) for p in chosen))
+        _say_missing(done)
+        better = {e.post.key: e.post for e in done}
+        out, seen = [], set()
+        for post in posts:
+            if post.key in better and post.key not in seen:
+                seen.add(post.key)
+                out.append(better[post.key])
+            else:
+                out.append(post)
+        return out
+
+    async def retry(self, source: FeedSource, proxy: str | None, done: Iterable[str] = ()) -> None:
+        """Try again what earlier polls could not fetch for the feed's archived posts (at
+        most MAX_TRIES polls each, whether the feed changed or not; not those of ``done``,
+        worked on in this poll); rewrite in place the posts a try improves."""
+        state = self.archive.state
+        skip = set(done)
+        pairs: list[tuple[Post, Known]] = []
+        for was in state.unfinished(source.url, MAX_TRIES):
+            if was.key in skip:
+                continue
+            try:
+                post = self.archive.read_post(was.path)
+            except ArchiveError as e:
+                log.warning("feed=%s cannot try %s again: %s", source.url, was.path, e)
+                state.note_unfinished([(was.key, MAX_TRIES)])
+                continue
+            pairs.append((dataclasses.replace(post, key=was.key, feed_url=source.url), was))
+        if not pairs:
+            return
+        tried = await asyncio.gather(*(self.enrich(source, p, proxy) for p, _ in pairs))
+        _say_missing(tried)
+        self.archive.finish([(e.post, was) for e, (_, was) in zip(tried, pairs, strict=True)])
+        state.note_unfinished(
+            (was.key, was.unfinished + 1 if e.post.unfinished else 0)
+            for e, (_, was) in zip(tried, pairs, strict=True)
+        )
 
     async def enrich(self, source: FeedSource, post: Post, image_proxy: str | None) -> Enriched:
         missing: list[str] = []
@@ -170,7 +237,8 @@ class Enricher:
     async def _keep(self, source: FeedSource, url: str, picture: bool) -> str:
         """The local path of the file at ``url``: downloaded once however many posts
         show it, now or later (the index remembers what each URL gave)."""
-        if (known := self.kept(url)) is not None and self.store.has(known):
+        known = self.archive.state.kept_path(url)
+        if known is not None and self.store.has(known):
             return known
         task = self._kept.get(url)
         if task is None or (task.done() and task.exception() is not None):
@@ -194,7 +262,7 @@ class Enricher:
                 download.discard()
                 raise
         path = download.keep(kind)
-        self.remember(url, path)
+        self.archive.state.note_kept(url, path)
         return path
 
     async def _check_address(self, source: FeedSource, url: str) -> None:
@@ -219,6 +287,16 @@ class Enricher:
                 addresses = [ipaddress.ip_address(info[4][0]) for info in found]
             self._internal[host] = any(_internal(a) for a in addresses)
         return self._internal[host]
+
+
+def _say_missing(done: Iterable[Enriched]) -> None:
+    for enriched in done:
+        if enriched.missing:
+            log.warning(
+                "feed=%s item %s: %s not fetched; archived without, tried again at its "
+                "next polls", enriched.post.author, enriched.post.link,
+                "; ".join(enriched.missing),
+            )  # fmt: skip
 
 
 def _proxy_head(template: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import signal
@@ -54,13 +53,11 @@ from aggregator.models import (
     Validators,
 )
 from aggregator.secrets import scrub
-from aggregator.state import Known
 from aggregator.timing import cache_hint, retry_after
+from aggregator.workers import HEAVY_BODY, Job, Workers
 
 if TYPE_CHECKING:
-    from aggregator.enrich import Enriched, Enricher
-    from aggregator.media import MediaStore
-from aggregator.workers import HEAVY_BODY, Job, Workers
+    from aggregator.enrich import Enricher
 
 log = logging.getLogger(__name__)
 
@@ -168,14 +165,13 @@ class Poller:
         # rendered; one at a time, so that two workers never peak together.
         self.heavy = asyncio.Semaphore(1)
         self.enricher: Enricher | None = None  # made for the first feed that needs it
-        self._media: MediaStore | None = None
 
     def reconfigure(self, config: Config) -> None:
         """Use a new version of feeds.yaml from the next poll on (the workers stay)."""
         old, self.config = self.config, config
         self.settings = fetch_settings(config)
         self.client.headers["User-Agent"] = self.settings.user_agent
-        self.enricher, self._media = None, None  # (their settings come from the config)
+        self.enricher = None  # (its settings come from the config)
         limits = (config.max_in_flight, config.max_in_flight_per_host)
         if limits != (old.max_in_flight, old.max_in_flight_per_host):
             self.limits = Limits(*limits)
@@ -285,7 +281,7 @@ class Poller:
                 Outcome.UNCHANGED, http_status=304, hint=hint, validators=fetched.validators
             )
             if source.enriched:
-                await self._retry_unfinished(source)
+                await self._enricher().retry(source, self._image_proxy(source))
             return seen, (0, 0), fetch_seconds
         proxy = self._image_proxy(source)
         enriching = source.enriched
@@ -334,12 +330,12 @@ class Poller:
         written: list[Post] = []
         try:
             if enriching:
-                posts = await self._enrich(source, posts, proxy)
+                posts = await self._enricher().new_posts(source, posts, proxy)
             written = self.archive.store(posts)
             revised = self.archive.revise(posts, self.clock()) if source.updates else []
             if enriching:
                 self.archive.state.note_unfinished((p.key, 1) for p in posts if p.unfinished)
-                await self._retry_unfinished(source, done={p.key for p in posts})
+                await self._enricher().retry(source, proxy, done={p.key for p in posts})
         except ArchiveError as e:  # our fault, not the feed's: retried soon (the whole feed,
             self._noticed(e)  # its validators not kept, so that its edits are seen again)
             seen = Observation(
@@ -357,64 +353,6 @@ class Poller:
         )
         return seen, (len(written), len(revised)), fetch_seconds
 
-    async def _enrich(self, source: FeedSource, posts: list[Post], proxy: str | None) -> list[Post]:
-        """The posts with their article pages and kept pictures, for the items that are
-        new or edited at the source (the others are archived already)."""
-        state = self.archive.state
-        first: dict[str, Post] = {}
-        for post in posts:
-            first.setdefault(post.key, post)
-        known = state.known_keys(k for p in first.values() for k in (p.key, *p.aliases))
-        new = {k for k, p in first.items() if k not in known and known.isdisjoint(p.aliases)}
-        old = [p for k, p in first.items() if k not in new]
-        edited = state.changed((p.key, p.digest) for p in old) if source.updates else {}
-        chosen = [p for k, p in first.items() if k in new or k in edited]
-        if not chosen:
-            return posts
-        done = await asyncio.gather(*(self._enricher().enrich(source, p, proxy) for p in chosen))
-        better = {e.post.key: e.post for e in done}
-        self._say_missing(done)
-        out, seen = [], set()
-        for post in posts:
-            if post.key in better and post.key not in seen:
-                seen.add(post.key)
-                out.append(better[post.key])
-            else:
-                out.append(post)
-        return out
-
-    async def _retry_unfinished(self, source: FeedSource, done: Iterable[str] = ()) -> None:
-        """Try again what earlier polls could not fetch for the feed's archived posts (at
-        most MAX_TRIES polls each, whether the feed changed or not); rewrite in place the
-        posts a try improves."""
-        from aggregator.enrich import MAX_TRIES  # noqa: PLC0415 -- only for these feeds
-
-        waiting = self.archive.state.unfinished(source.url, MAX_TRIES)
-        done = set(done)
-        pairs: list[tuple[Post, Known]] = []
-        for was in waiting:
-            if was.key in done:  # (archived or edited in this very poll)
-                continue
-            try:
-                post = self.archive.read_post(was.path)
-            except ArchiveError as e:
-                log.warning("feed=%s cannot try %s again: %s", source.url, was.path, e)
-                self.archive.state.note_unfinished([(was.key, MAX_TRIES)])
-                continue
-            post = dataclasses.replace(post, key=was.key, feed_url=source.url)
-            pairs.append((post, was))
-        if not pairs:
-            return
-        enricher = self._enricher()
-        proxy = self._image_proxy(source)
-        tried = await asyncio.gather(*(enricher.enrich(source, p, proxy) for p, _ in pairs))
-        self._say_missing(tried)
-        self.archive.finish([(e.post, was) for e, (_, was) in zip(tried, pairs, strict=True)])
-        self.archive.state.note_unfinished(
-            (was.key, was.unfinished + 1 if e.post.unfinished else 0)
-            for e, (_, was) in zip(tried, pairs, strict=True)
-        )
-
     def _image_proxy(self, source: FeedSource) -> str | None:
         proxy = source.rules.image_proxy
         return self.config.image_proxy if proxy == KEEP_GLOBAL else proxy
@@ -423,31 +361,11 @@ class Poller:
         from aggregator.enrich import Enricher  # noqa: PLC0415 -- only for these feeds
 
         if self.enricher is None:
-            state = self.archive.state
             self.enricher = Enricher(
-                self.client, self.settings, self.media_store(), self.limits.slot,
-                self.workers.extract, kept=state.kept_path, remember=state.note_kept,
+                self.client, self.settings, self.archive, self.config.media_limits,
+                slot=self.limits.slot, extract=self.workers.extract,
             )  # fmt: skip
         return self.enricher
-
-    @staticmethod
-    def _say_missing(done: Iterable[Enriched]) -> None:
-        for enriched in done:
-            if enriched.missing:
-                log.warning(
-                    "feed=%s item %s: %s not fetched; archived without, tried again at its "
-                    "next polls", enriched.post.author, enriched.post.link,
-                    "; ".join(enriched.missing),
-                )  # fmt: skip
-
-    def media_store(self) -> MediaStore:
-        from aggregator.media import MediaStore  # noqa: PLC0415
-
-        if self._media is None:
-            self._media = MediaStore(self.archive.root, self.config.media_limits)
-            if removed := self._media.clean_partial():
-                log.info("removed %d downloads an earlier run left unfinished", removed)
-        return self._media
 
     def _noticed(self, error: AggregatorError) -> None:
         if isinstance(error, IndexDamaged) and self.damage is None:
