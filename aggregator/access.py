@@ -18,6 +18,7 @@ class Access:
     username: str | None = None  # HTTP basic auth
     password: str | None = None
     headers: tuple[tuple[str, str], ...] = ()  # extra request headers
+    plain_headers: tuple[str, ...] = ()  # of those, the ones whose value is no secret
     cookie: str | None = None  # the Cookie header
     user_agent: str | None = None  # instead of the global one
     proxy: str | None = None  # http://, https:// or socks5:// URL
@@ -25,7 +26,9 @@ class Access:
     missing: str | None = None  # a secret feeds.yaml names but that could not be read
 
     def __repr__(self) -> str:
-        said = [f.name for f in fields(self) if f.name not in ("url", "verify_tls")]
+        said = [
+            f.name for f in fields(self) if f.name not in ("url", "verify_tls", "plain_headers")
+        ]
         said = [name for name in said if getattr(self, name)]
         return f"Access({', '.join(said + ([] if self.verify_tls else ['verify_tls=False']))})"
 
@@ -37,7 +40,8 @@ class Access:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value it holds, for :func:`aggregator.secrets.scrub`."""
-        values = [self.password or "", self.cookie or "", *(v for _, v in self.headers)]
+        values = [self.password or "", self.cookie or ""]
+        values += [v for name, v in self.headers if name not in self.plain_headers]
         values += public_url(self.url)[1]
         if self.proxy:
             values += [v for v in (public_url(self.proxy)[2] or ("", ""))[1:] if v]

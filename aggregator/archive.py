@@ -394,6 +394,14 @@ class Archive:
                     _temp_path(self.root / post.path).unlink()
             raise ArchiveError(f"archive write failed: {e}") from e
 
+    @staticmethod
+    def may_revise(post: Post, was: Known, limit: int = CHURN_LIMIT) -> bool:
+        """Whether :meth:`revise` could take this edit (before it looks at the files):
+        the item's own feed, a digest known, and a date or undated rewrites left."""
+        if was.pending or was.feed_url not in (None, post.feed_url) or was.digest is None:
+            return False
+        return _later(post.source_updated, was.source_updated) or was.revisions < limit
+
     def _keep_archived(self, post: Post, was: Known) -> str | None:
         """Why the archived version must stay, if it must: its file is gone (removed by
         hand; `reindex` forgets it), or the new version has far less text (a feed that

@@ -287,6 +287,13 @@ def _headers(data: object, loc: Loc, report: Report) -> tuple[tuple[str, SecretR
     return tuple(out)
 
 
+def _secret_header(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in ("authorization", "cookie", "proxy-authorization") or any(
+        word in lowered for word in ("key", "token", "secret", "auth", "pass", "session", "sig")
+    )
+
+
 def _proxy(value: object) -> str:
     url = _text(value)
     scheme = url.partition("://")[0].lower()
@@ -695,6 +702,11 @@ def _access(
         username=username,
         password=password,
         headers=tuple((h, v) for h, ref in headers if (v := read(ref, (*loc, "headers", h)))),
+        # A value written in the file under a name that says nothing secret (Accept: ...)
+        # is not masked in messages; one from the environment or a file always is.
+        plain_headers=tuple(
+            h for h, ref in headers if ref and ref.kind == "literal" and not _secret_header(h)
+        ),
         cookie=read(cookie, (*loc, "cookie")),
         user_agent=agent,
         proxy=proxy,

@@ -14,6 +14,7 @@ fails a feed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import html
 import ipaddress
@@ -56,11 +57,13 @@ log = logging.getLogger(__name__)
 
 MAX_PAGE_BYTES = 5 * 1024 * 1024  # a bigger article page is not read (extraction is slow)
 MAX_FILES_PER_POST = 20  # pictures and files kept of one post (the others keep their URLs)
+REFUSED = ""  # what the index remembers of a URL whose file is not kept, for good
 MAX_TRIES = 3  # polls that try an item's page or pictures before it is left as it is
 PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.1"
 IMAGE_ACCEPT = "image/avif, image/webp, image/png, image/jpeg, image/gif;q=0.9, */*;q=0.1"
-# An attribute of sanitized HTML that refers to a picture: nh3 writes them this way.
-_PICTURE_ATTRIBUTE = re.compile(r'(<(?:img|video)\b[^>]*?\b(?:src|poster)=")([^"]*)(")')
+# An attribute of sanitized HTML that refers to a picture (an image's source, a video's
+# poster), as nh3 writes them.
+_PICTURE_ATTRIBUTE = re.compile(r'(<img\b[^>]*?\bsrc="|<video\b[^>]*?\bposter=")([^"]*)(")')
 
 
 @dataclass
@@ -103,9 +106,10 @@ class Enricher:
 
     async def new_posts(
         self, source: FeedSource, posts: list[Post], proxy: str | None
-    ) -> list[Post]:
+    ) -> tuple[list[Post], dict[str, bool]]:
         """The posts with their article pages and kept pictures, for the items that are
-        new or edited at the source (the others are archived already)."""
+        new, or edited at the source in a way the archive takes (the others are archived
+        already); and, for each item worked on, whether something is left unfetched."""
         state = self.archive.state
         first: dict[str, Post] = {}
         for post in posts:
@@ -114,9 +118,12 @@ class Enricher:
         new = {k for k, p in first.items() if k not in known and known.isdisjoint(p.aliases)}
         old = [p for k, p in first.items() if k not in new]
         edited = state.changed((p.key, p.digest) for p in old) if source.updates else {}
-        chosen = [p for k, p in first.items() if k in new or k in edited]
+        chosen = [
+            p for k, p in first.items()
+            if k in new or (k in edited and self.archive.may_revise(p, edited[k]))
+        ]  # fmt: skip
         if not chosen:
-            return posts
+            return posts, {}
         done = await asyncio.gather(*(self.enrich(source, p, proxy) for p in chosen))
         _say_missing(done)
         better = {e.post.key: e.post for e in done}
@@ -127,34 +134,51 @@ class Enricher:
                 out.append(better[post.key])
             else:
                 out.append(post)
-        return out
+        return out, {key: post.unfinished for key, post in better.items()}
 
-    async def retry(self, source: FeedSource, proxy: str | None, done: Iterable[str] = ()) -> None:
-        """Try again what earlier polls could not fetch for the feed's archived posts (at
-        most MAX_TRIES polls each, whether the feed changed or not; not those of ``done``,
-        worked on in this poll); rewrite in place the posts a try improves."""
+    async def after_archiving(
+        self, source: FeedSource, proxy: str | None, worked: dict[str, bool], revised: list[Post]
+    ) -> None:
+        """Record what the posts rewritten for an edit left unfetched (new posts carry it
+        in their row), then try again the feed's other unfinished posts."""
         state = self.archive.state
-        skip = set(done)
+        try:
+            state.note_unfinished((p.key, int(worked.get(p.key, False))) for p in revised)
+        except ArchiveError as e:
+            log.warning("feed=%s cannot record what is left to fetch: %s", source.url, e)
+        await self.retry(source, proxy, skip=set(worked))
+
+    async def retry(
+        self, source: FeedSource, proxy: str | None, skip: set[str] | None = None
+    ) -> None:
+        """Try again what earlier polls could not fetch for the feed's archived posts (at
+        most MAX_TRIES polls in all, whether the feed changed or not; not those of ``skip``,
+        worked on in this poll); rewrite in place the posts a try improves. A failure to
+        read or write is logged, not the feed's; the tries are counted all the same."""
+        state = self.archive.state
+        counts: dict[str, int] = {}
         pairs: list[tuple[Post, Known]] = []
-        for was in state.unfinished(source.url, MAX_TRIES):
-            if was.key in skip:
-                continue
-            try:
-                post = self.archive.read_post(was.path)
-            except ArchiveError as e:
-                log.warning("feed=%s cannot try %s again: %s", source.url, was.path, e)
-                state.note_unfinished([(was.key, MAX_TRIES)])
-                continue
-            pairs.append((dataclasses.replace(post, key=was.key, feed_url=source.url), was))
-        if not pairs:
-            return
-        tried = await asyncio.gather(*(self.enrich(source, p, proxy) for p, _ in pairs))
-        _say_missing(tried)
-        self.archive.finish([(e.post, was) for e, (_, was) in zip(tried, pairs, strict=True)])
-        state.note_unfinished(
-            (was.key, was.unfinished + 1 if e.post.unfinished else 0)
-            for e, (_, was) in zip(tried, pairs, strict=True)
-        )
+        try:
+            for was in state.unfinished(source.url, MAX_TRIES):
+                if skip and was.key in skip:
+                    continue
+                try:
+                    post = self.archive.read_post(was.path)
+                except ArchiveError as e:  # (removed or broken by hand): given up
+                    log.warning("feed=%s cannot try %s again: %s", source.url, was.path, e)
+                    counts[was.key] = MAX_TRIES
+                    continue
+                pairs.append((dataclasses.replace(post, key=was.key, feed_url=source.url), was))
+            tried = await asyncio.gather(*(self.enrich(source, p, proxy) for p, _ in pairs))
+            _say_missing(tried)
+            done = [(e.post, was) for e, (_, was) in zip(tried, pairs, strict=True)]
+            counts |= {was.key: was.unfinished + 1 if p.unfinished else 0 for p, was in done}
+            self.archive.finish(done)
+        except ArchiveError as e:
+            log.warning("feed=%s its unfinished posts wait: %s", source.url, e)
+        finally:
+            with contextlib.suppress(ArchiveError):
+                state.note_unfinished(counts.items())
 
     async def enrich(self, source: FeedSource, post: Post, image_proxy: str | None) -> Enriched:
         missing: list[str] = []
@@ -205,8 +229,9 @@ class Enricher:
                     log.info("feed=%s %s not kept: %s", post.author, url, _reason(result))
                 elif isinstance(result, FetchError | OSError):
                     missing.append(f"{url}: {_reason(result)}")
-                else:
-                    raise result
+                else:  # a bug, on this file only: said, and tried again later
+                    log.error("feed=%s %s: internal error", post.author, url, exc_info=result)
+                    missing.append(f"{url}: internal error: {type(result).__name__}")
             content = _relink(content, local, image_proxy)
             image = local.get(image, image) if image else None
             media = tuple(_moved(m, local) for m in media)
@@ -223,7 +248,7 @@ class Enricher:
         async with self.slot(url):
             fetched = await fetch_feed(
                 self.client, url, Validators(), self.page_settings, source.access,
-                home=source.fetch_url,
+                home=source.fetch_url, hop=lambda target: self._check_address(source, target),
             )  # fmt: skip
         assert not isinstance(fetched, NotModified)  # (asked without validators)
         selector = source.full_text if isinstance(source.full_text, str) else None
@@ -238,6 +263,8 @@ class Enricher:
         """The local path of the file at ``url``: downloaded once however many posts
         show it, now or later (the index remembers what each URL gave)."""
         known = self.archive.state.kept_path(url)
+        if known == REFUSED:
+            raise Refused("refused before")
         if known is not None and self.store.has(known):
             return known
         task = self._kept.get(url)
@@ -256,8 +283,13 @@ class Enricher:
                     self.client, url, Validators(),
                     self.image_settings if picture else self.file_settings,
                     source.access, home=source.fetch_url, sink=download.write,
+                    hop=lambda target: self._check_address(source, target),
                 )  # fmt: skip
                 kind = picture_kind(download.head) if picture else file_kind(download.head)
+            except (Refused, TooLarge):  # for good: not asked for again
+                download.discard()
+                self.archive.state.note_kept(url, REFUSED)
+                raise
             except BaseException:
                 download.discard()
                 raise
@@ -275,7 +307,12 @@ class Enricher:
             raise Refused("on a private or local address, and the feed is not")
 
     async def _is_internal(self, url: str) -> bool:
-        host = httpx.URL(url).host
+        """Whether ``url``'s host is (or resolves to) a private or local address; a URL
+        whose host cannot even be looked up (``a..b``) counts as one: it is not fetched."""
+        try:
+            host = httpx.URL(url).host
+        except (httpx.InvalidURL, ValueError):
+            return True
         if host not in self._internal:
             try:
                 addresses = [ipaddress.ip_address(host)]
@@ -284,7 +321,10 @@ class Enricher:
                     found = await asyncio.get_running_loop().getaddrinfo(host, None)
                 except OSError:  # (the fetch will say it cannot resolve it)
                     found = []
-                addresses = [ipaddress.ip_address(info[4][0]) for info in found]
+                except (UnicodeError, ValueError):  # not a name DNS can carry
+                    self._internal[host] = True
+                    return True
+                addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
             self._internal[host] = any(_internal(a) for a in addresses)
         return self._internal[host]
 

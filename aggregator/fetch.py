@@ -12,7 +12,7 @@ import asyncio
 import base64
 import socket
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
@@ -107,6 +107,7 @@ async def fetch_feed(
     *,
     home: str | None = None,
     sink: Callable[[bytes], None] | None = None,
+    hop: Callable[[str], Awaitable[None]] | None = None,
 ) -> Fetched | NotModified:
     """GET ``url`` conditionally; raise :class:`FetchError` on any failure.
 
@@ -114,13 +115,21 @@ async def fetch_feed(
     of ``home`` (default: ``url``) only, never to where a redirect leads elsewhere. What
     the answer and errors say of the URL is its public form. ``sink``: takes the body
     piece by piece (a big file is not held in memory; the answer's content is then empty).
+    ``hop``: called with each redirect's target before it is followed (it may raise).
     """
     if access is not None and access.missing:
         raise FetchError(public_url(url)[0], f"not fetched: {access.missing}")
     try:
         async with asyncio.timeout(settings.deadline):
             return await _fetch(
-                client, url, validators, settings, access, origin=home or url, sink=sink
+                client,
+                url,
+                validators,
+                settings,
+                access,
+                origin=home or url,
+                sink=sink,
+                hop=hop,
             )
     except TimeoutError:
         shown = public_url(url)[0]
@@ -188,6 +197,7 @@ async def _fetch(
     *,
     origin: str,
     sink: Callable[[bytes], None] | None = None,
+    hop: Callable[[str], Awaitable[None]] | None = None,
 ) -> Fetched | NotModified:
     headers = {} if settings.accept == ACCEPT else {"Accept": settings.accept}
     if validators.etag:
@@ -213,6 +223,8 @@ async def _fetch(
             if status in _REDIRECTS and "location" in response.headers:
                 target = _redirect_target(shown, target, response.headers["location"])
                 permanent = permanent and status in _PERMANENT
+                if hop is not None:
+                    await hop(target)
                 continue
             new_validators = Validators(
                 response.headers.get("etag") or validators.etag,

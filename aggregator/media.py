@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -56,6 +57,9 @@ CONTENT_TYPES = {
 }  # fmt: skip
 
 
+_NAMES = itertools.count()  # of this process's downloads (one per process, not per store)
+
+
 class Refused(ValueError):
     """The file is not one the archive keeps; the message says why."""
 
@@ -98,7 +102,7 @@ class Download:
     def __init__(self, store: MediaStore) -> None:
         self.store = store
         store.temp.mkdir(parents=True, exist_ok=True)
-        self.path = store.temp / f"{os.getpid()}-{next(store.counter)}"
+        self.path = store.temp / f"{os.getpid()}-{next(_NAMES)}"
         self.file = open(self.path, "wb")  # noqa: SIM115 -- closed by keep/discard
         self.hash = hashlib.sha256()
         self.head = b""
@@ -146,7 +150,6 @@ class MediaStore:
         self.temp = self.folder / _TEMP_DIR
         self.limits = limits or MediaLimits()
         self._total: int | None = None
-        self.counter = iter(range(1 << 62))
 
     def has(self, path: str) -> bool:
         """``path`` (``/media/...``) is a kept file."""

@@ -1,8 +1,9 @@
 """One pass: every feed of the config fetched, parsed, processed and archived; then publish.
 
-``Poller.poll_feed`` = fetch → parse → process → archive for one source, used by both
-``poll`` (:func:`poll_all`, everything once) and the daemon (each feed on its own
-schedule). One feed's failure or slowness never touches another.
+``Poller.poll_feed`` = fetch → parse → process (→ enrich, for a feed with ``full_text``
+or ``media``) → archive for one source, used by both ``poll`` (:func:`poll_all`,
+everything once) and the daemon (each feed on its own schedule). One feed's failure or
+slowness never touches another.
 """
 
 from __future__ import annotations
@@ -329,13 +330,13 @@ class Poller:
         posts: list[Post] = list(prepared.posts)
         written: list[Post] = []
         try:
+            worked: dict[str, bool] = {}
             if enriching:
-                posts = await self._enricher().new_posts(source, posts, proxy)
+                posts, worked = await self._enricher().new_posts(source, posts, proxy)
             written = self.archive.store(posts)
             revised = self.archive.revise(posts, self.clock()) if source.updates else []
             if enriching:
-                self.archive.state.note_unfinished((p.key, 1) for p in posts if p.unfinished)
-                await self._enricher().retry(source, proxy, done={p.key for p in posts})
+                await self._enricher().after_archiving(source, proxy, worked, revised)
         except ArchiveError as e:  # our fault, not the feed's: retried soon (the whole feed,
             self._noticed(e)  # its validators not kept, so that its edits are seen again)
             seen = Observation(

@@ -3,7 +3,7 @@
 A feed's URL as feeds.yaml gives it may carry secrets: ``user:pass@`` or a query
 parameter such as ``?token=``. Its *public* form (:func:`public_url`) has neither, and is
 the feed's identity everywhere: the index, posts, merged feeds, OPML, logs, status. The
-secrets live only in the feed's :class:`~aggregator.models.Access`, which the fetch uses.
+secrets live only in the feed's :class:`~aggregator.access.Access`, which the fetch uses.
 As a last line, :func:`scrub` (and the :class:`ScrubFilter` the command line puts on
 every log handler) replaces any known secret value that still reaches a message.
 """

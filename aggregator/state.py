@@ -412,7 +412,8 @@ class State:
         return bool(self._read("SELECT 1 FROM meta WHERE key = ?", (_PUBLISH_NEEDED,)))
 
     def kept_path(self, url: str) -> str | None:
-        """The kept file ``url`` gave, if it was downloaded before."""
+        """The kept file ``url`` gave, if it was downloaded before ("" if its file was
+        refused: not asked for again)."""
         rows = self._read("SELECT path FROM kept WHERE url = ?", (url,))
         return str(rows[0][0]) if rows else None
 

@@ -121,21 +121,22 @@ def test_a_teaser_feed_is_archived_with_its_articles(
     assert len(farm.requests_to("/news/0.html")) == 1
 
 
+@pytest.mark.parametrize("unchanged", ["304", "200"])
 def test_a_failing_page_keeps_the_feed_text_and_is_tried_again(
-    tmp_path: Path, farm: Farm, clock: StepClock
+    tmp_path: Path, farm: Farm, clock: StepClock, unchanged: str
 ) -> None:
     """Page 0 fails; page 1 does not wait for it. Page 0 is tried again at the next polls
-    (the feed answering 304 meanwhile), and its post is rewritten in place once it is read;
-    a page that keeps failing is tried at most three polls."""
+    (the feed answering 304 meanwhile, or the same 200 again), and its post is rewritten
+    in place once it is read; a page that keeps failing is tried at most three polls."""
     farm.routes["/news/0.html"] = Answer(503, b"busy", {"Retry-After": "60"})
     farm.routes["/news/1.html"] = page(1)
     farm.routes["/news/2.html"] = Answer(500, b"broken")
     body = teaser_feed(farm, 3)
 
     def feed(request: Request) -> Answer:
-        if request.headers.get("if-none-match") == '"v1"':
+        if unchanged == "304" and request.headers.get("if-none-match") == '"v1"':
             return Answer(304, b"", {"ETag": '"v1"'})
-        return Answer(200, body, {"ETag": '"v1"'})
+        return Answer(200, body, {"ETag": '"v1"'} if unchanged == "304" else {})
 
     farm.routes["/feed"] = feed
     config = load_config(
@@ -150,7 +151,7 @@ def test_a_failing_page_keeps_the_feed_text_and_is_tried_again(
 
     farm.routes["/news/0.html"] = page(0)
     second = run_pass(config, clock=clock)
-    assert second.results[0].status.http_status == 304
+    assert second.results[0].status.http_status == int(unchanged)
     posts = posts_of(config.archive)
     assert "LEAD-0." in posts["Story 0"] and "Teaser 0 only." not in posts["Story 0"]
     assert "updated:" not in posts["Story 0"]  # not an edit of the source
@@ -490,9 +491,66 @@ def test_a_kept_picture_is_not_downloaded_again_and_the_proxy_shows_the_others(
     farm.routes["/feed"] = Answer(200, feed(2))
     assert run_pass(config, clock=clock).new == 1
     assert len(farm.requests_to("/img/logo.png")) == 1
+    assert len(farm.requests_to("/img/chart.svg")) == 1  # refused once, for good
     (kept,) = kept_files(config.archive)
     local = "/" + kept.relative_to(config.archive).as_posix()
     svg = farm.url("/img/chart.svg").split("://", 1)[1]
     for text in posts_of(config.archive).values():
         assert f'<img src="{local}">' in text
         assert f'<img src="https://proxy.example/?url={svg}">' in text
+
+
+def test_an_article_page_elsewhere_gets_no_credentials_and_redirects_are_checked(
+    tmp_path: Path, farm: Farm, clock: StepClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private feed's article pages on its own origin are fetched with its credentials,
+    those on another origin without; every redirect of a page or a file is checked like
+    its first URL."""
+    import asyncio
+
+    from aggregator.fetch import FetchSettings, fetch_feed, make_client
+    from aggregator.media import Refused
+    from aggregator.models import Validators
+
+    monkeypatch.setenv("GAZETTE_TOKEN", "token-5d8a2c")
+    with Farm().running() as other:
+        farm.routes["/news/0.html"] = page(0)
+        other.routes["/news/1.html"] = page(1)
+        farm.routes["/img/river.png"] = Answer(200, png(1), {"Content-Type": "image/png"})
+        other.routes["/img/river.png"] = Answer(200, png(1), {"Content-Type": "image/png"})
+        items = (
+            f"<item><title>Story 0</title><link>{farm.url('/news/0.html')}</link></item>"
+            f"<item><title>Story 1</title><link>{other.url('/news/1.html')}</link></item>"
+        )
+        farm.routes["/feed"] = Answer(
+            200,
+            ('<?xml version="1.0"?><rss version="2.0"><channel><title>Private</title>'
+             f"<link>{farm.url('/')}</link><description>d</description>{items}"
+             "</channel></rss>").encode(),
+        )  # fmt: skip
+        feed = {"url": farm.url("/feed"), "full_text": True,
+                "headers": {"X-Token": {"env": "GAZETTE_TOKEN"}}}  # fmt: skip
+        config = load_config(write_config(tmp_path, [feed], workers=0))
+        assert run_pass(config, clock=clock).new == 2
+        assert farm.requests_to("/news/0.html")[0].headers["x-token"] == "token-5d8a2c"
+        assert "x-token" not in other.requests_to("/news/1.html")[0].headers
+        assert all("LEAD-" in text for text in posts_of(config.archive).values())
+
+        # A redirect is checked before it is followed.
+        farm.routes["/moved"] = Answer(302, b"", {"Location": other.url("/news/1.html")})
+        asked: list[str] = []
+
+        async def hop(target: str) -> None:
+            asked.append(target)
+            raise Refused("on a private or local address, and the feed is not")
+
+        async def fetch() -> None:
+            settings = FetchSettings("agent")
+            async with make_client(settings) as client:
+                await fetch_feed(client, farm.url("/moved"), Validators(), settings, hop=hop)
+
+        before = len(other.requests_to("/news/1.html"))
+        with pytest.raises(Refused):
+            asyncio.run(fetch())
+        assert asked == [other.url("/news/1.html")]
+        assert len(other.requests_to("/news/1.html")) == before  # never asked
