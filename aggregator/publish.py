@@ -23,6 +23,7 @@ from aggregator import __version__
 from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE, Archive, write_file_atomic
 from aggregator.errors import ArchiveError
 from aggregator.models import Config, Episode, Media, Podcast, Post
+from aggregator.posts import LOCAL_MEDIA
 from aggregator.sanitize import html_to_text, xml_safe
 from aggregator.site import TAGS_DIR, config_tags, install_site, write_site_data
 from aggregator.state import ItemRecord
@@ -156,7 +157,7 @@ def _absolute_media(media: tuple[Media, ...], site: str) -> tuple[Media, ...]:
     return tuple(dataclasses.replace(m, url=_absolute(m.url, site)) for m in media)
 
 
-_KEPT_IN_CONTENT = re.compile(r'(?<==")(/media/[0-9a-f]{2}/[0-9a-f]{64}\.[a-z0-9]{2,5})(?=")')
+_KEPT_IN_CONTENT = re.compile(f'(?<==")({LOCAL_MEDIA.pattern})(?=")')
 
 
 def _item(post: Post, key: str, feed_url: str | None, site: str) -> _Item:

@@ -5,7 +5,8 @@ the feed's metadata and one rendered :class:`~aggregator.models.Post` per entry
 considered (the newest ``max_entries``), oldest first. The main process then only
 dedupes and writes. Jobs run in a pool of worker processes started by a forkserver with
 the parsing modules preloaded, or in a thread when ``workers: 0``. None of them outlives
-this process (see :mod:`aggregator.lifeline`).
+this process (see :mod:`aggregator.lifeline`). The same workers find the article of a
+page for feeds with ``full_text`` (:func:`extract`).
 """
 
 from __future__ import annotations
