@@ -472,8 +472,9 @@ class Archive:
             self.state.confirm(done)
             self.state.forget(p.key for p in batch if p.key not in set(done))
 
-    def _unique_new(self, posts: Iterable[Post]) -> list[Post]:
-        """Posts whose key is not archived yet, first of each key; paths made unique."""
+    def new_posts(self, posts: Iterable[Post]) -> list[Post]:
+        """The posts of items not archived yet (neither their key nor an alias known),
+        the first of each key."""
         candidates = list(posts)
         seen = self.state.known_keys(k for p in candidates for k in (p.key, *p.aliases))
         fresh = []
@@ -481,6 +482,11 @@ class Archive:
             if post.key not in seen and seen.isdisjoint(post.aliases):
                 seen.add(post.key)
                 fresh.append(post)
+        return fresh
+
+    def _unique_new(self, posts: Iterable[Post]) -> list[Post]:
+        """Posts whose key is not archived yet, first of each key; paths made unique."""
+        fresh = self.new_posts(posts)
         taken = self.state.paths_taken(p.path for p in fresh)
         batch = [self._free_path(post, taken) for post in fresh]
         return batch

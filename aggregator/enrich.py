@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import httpx
 
 from aggregator.archive import Archive
-from aggregator.errors import ArchiveError, FetchError, ParseError, TooLarge
+from aggregator.errors import ArchiveError, FetchError, ParseError, TooLarge, one_line
 from aggregator.fetch import FetchSettings, fetch_feed
 from aggregator.fulltext import PageJob
 from aggregator.media import (
@@ -114,8 +114,7 @@ class Enricher:
         first: dict[str, Post] = {}
         for post in posts:
             first.setdefault(post.key, post)
-        known = state.known_keys(k for p in first.values() for k in (p.key, *p.aliases))
-        new = {k for k, p in first.items() if k not in known and known.isdisjoint(p.aliases)}
+        new = {p.key for p in self.archive.new_posts(first.values())}
         old = [p for k, p in first.items() if k not in new]
         edited = state.changed((p.key, p.digest) for p in old) if source.updates else {}
         chosen = [
@@ -192,7 +191,7 @@ class Enricher:
                 log.warning("feed=%s item %s: its page not read: %s", post.author, post.link, e)
             except Exception as e:  # the extractor's bug on this page: never the feed's failure
                 log.exception("feed=%s item %s: reading its page failed", post.author, post.link)
-                missing.append(f"its page: internal error: {type(e).__name__}: {_line(e)}")
+                missing.append(f"its page: internal error: {type(e).__name__}: {one_line(e, 300)}")
             else:
                 if page is None:
                     log.info(
@@ -357,10 +356,6 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, OSError):
         return f"cannot write it: {error.strerror or error}"
     return str(error)
-
-
-def _line(error: Exception) -> str:
-    return " ".join(str(error).split())[:300]
 
 
 def _is_picture(media: Media) -> bool:

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aggregator.secrets import scrub
+
+
+def one_line(value: object, limit: int = 200) -> str:
+    """``value`` as text on one line, cut at ``limit`` characters (for reasons and logs)."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class AggregatorError(Exception):
     """Root of every error the project raises on purpose."""
@@ -35,10 +43,8 @@ class FeedError(AggregatorError):
     """Something went wrong with one feed; ``reason`` is a one-line explanation."""
 
     def __init__(self, url: str, reason: str) -> None:
-        from aggregator.secrets import scrub  # noqa: PLC0415 -- a reason may quote a secret
-
         self.url = url
-        self.reason = scrub(reason)
+        self.reason = scrub(reason)  # (a reason may quote a secret)
         super().__init__(f"{url}: {self.reason}")
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:

@@ -32,6 +32,7 @@ from aggregator.errors import (
     FetchError,
     IndexDamaged,
     ParseError,
+    one_line,
 )
 from aggregator.fetch import FetchSettings, default_user_agent, fetch_feed, make_client
 from aggregator.lifecycle import (
@@ -200,7 +201,7 @@ class Poller:
             seen = self._failure(source, e)
         except Exception as e:  # a bug: keep the other feeds going, but say so loudly
             log.exception("feed=%s url=%s internal error", name, source.url)
-            reason = scrub(f"internal error: {type(e).__name__}: {' '.join(str(e).split())}")
+            reason = scrub(f"internal error: {type(e).__name__}: {one_line(e, 1000)}")
             seen = Observation(Outcome.ERROR, error=reason)
         status = self.record(source, seen)
         name = display_name(source, status)

@@ -91,6 +91,7 @@ _ADDED = {
 _BATCH = 500  # keys per IN (...) query
 BUSY_TIMEOUT_MS = 10_000  # how long to wait for another process's lock on the index
 _PUBLISH_NEEDED = "publish_needed"  # meta key: posts were archived since the last publish
+_MARK_BEHIND = "INSERT OR REPLACE INTO meta VALUES ('publish_needed', '1')"  # (_PUBLISH_NEEDED)
 _DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 
@@ -422,7 +423,7 @@ class State:
 
     def publish_later(self) -> None:
         """The merged feed is behind the posts (some were rewritten)."""
-        self._write("INSERT OR REPLACE INTO meta VALUES (?, '1')", [(_PUBLISH_NEEDED,)])
+        self._write(_MARK_BEHIND, [()])
 
     def published(self) -> None:
         """The merged feed was written from the index as it is now."""
@@ -505,7 +506,7 @@ class State:
                 " revisions = ?, source_updated = ? WHERE key = ?",
                 rows,
             )
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_PUBLISH_NEEDED,))
+            db.execute(_MARK_BEHIND)
 
     def stop_revising(self, keys: Iterable[str], limit: int) -> None:
         """Items that reached ``limit`` undated rewrites: marked past it (said once)."""
@@ -547,7 +548,7 @@ class State:
             return
         with self._transaction() as db:
             db.executemany("UPDATE items SET pending = 0 WHERE key = ?", rows)
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (_PUBLISH_NEEDED,))
+            db.execute(_MARK_BEHIND)
 
     def forget(self, keys: Iterable[str]) -> None:
         if rows := [(k,) for k in keys]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,9 +39,9 @@ class Raw:
 
 
 class Farm:
-    """Serves ``routes`` on 127.0.0.1 and records every request."""
+    """Serves ``routes`` on 127.0.0.1 (over TLS with ``tls``) and records every request."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, Answer | Handler | Raw] = {}
         self.requests: list[Request] = []
         self.stopping = threading.Event()
@@ -82,7 +83,10 @@ class Farm:
 
         self.server = _Server((host, 0), _Handler)
         self.server.daemon_threads = True
-        self.base = f"http://{host}:{self.server.server_address[1]}"
+        if tls is not None:  # HTTPS, with the context's certificate
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.base = f"{scheme}://{host}:{self.server.server_address[1]}"
 
     def url(self, path: str) -> str:
         return self.base + path

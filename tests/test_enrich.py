@@ -18,6 +18,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from aggregator.config import load_config
+from aggregator.models import Config
 from aggregator.pipeline import run_pass
 from aggregator.posts import LOCAL_MEDIA, read_post
 from tests.conftest import StepClock, debian_program, write_config
@@ -57,17 +58,31 @@ def page(i: int, image: str = "/img/river.png") -> Answer:
     return Answer(200, body.encode(), {"Content-Type": "text/html; charset=utf-8"})
 
 
-def teaser_feed(farm: Farm, n: int, extra: str = "") -> bytes:
+def channel(farm: Farm, title: str, items: str) -> bytes:
+    """An RSS 2.0 document of ``items`` (raw XML; the media: namespace is declared)."""
+    return (
+        '<?xml version="1.0"?><rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/">'
+        f"<channel><title>{title}</title><link>{farm.url('/')}</link>"
+        f"<description>d</description>{items}</channel></rss>"
+    ).encode()
+
+
+def teaser_feed(farm: Farm, n: int, inside: str = "") -> bytes:
+    """``n`` teaser items linking to /news/<i>.html; ``inside``: more XML in each item."""
     items = "".join(
         f"<item><title>Story {i}</title><link>{farm.url(f'/news/{i}.html')}</link>"
         f"<pubDate>Wed, 0{i + 1} May 2024 10:00:00 GMT</pubDate>"
-        f"<description>Teaser {i} only.{extra}</description></item>"
+        f"<description>Teaser {i} only.</description>{inside}</item>"
         for i in range(n)
     )
-    return (
-        '<?xml version="1.0"?><rss version="2.0"><channel><title>Gazette</title>'
-        f"<link>{farm.url('/')}</link><description>d</description>{items}</channel></rss>"
-    ).encode()
+    return channel(farm, "Gazette", items)
+
+
+def one_feed(tmp_path: Path, farm: Farm, options: dict[str, object], **top: object) -> Config:
+    """The config of the farm's /feed with these per-feed ``options`` (and top-level
+    keys), parsed in this process."""
+    feed = {"url": farm.url("/feed"), **options}
+    return load_config(write_config(tmp_path, [feed], workers=0, **top))
 
 
 def posts_of(archive: Path) -> dict[str, str]:
@@ -97,8 +112,7 @@ def test_a_teaser_feed_is_archived_with_its_articles(
         farm.routes[f"/news/{i}.html"] = page(i)
     farm.routes["/img/river.png"] = Answer(200, png(1), {"Content-Type": "image/png"})
     farm.routes["/feed"] = Answer(200, teaser_feed(farm, 2))
-    feed = {"url": farm.url("/feed"), "full_text": mode, **({"strip": strip} if strip else {})}
-    config = load_config(write_config(tmp_path, [feed], workers=0))
+    config = one_feed(tmp_path, farm, {"full_text": mode, **({"strip": strip} if strip else {})})
     assert run_pass(config, clock=clock).new == 2
     posts = posts_of(config.archive)
     for i in range(2):
@@ -139,9 +153,7 @@ def test_a_failing_page_keeps_the_feed_text_and_is_tried_again(
         return Answer(200, body, {"ETag": '"v1"'} if unchanged == "304" else {})
 
     farm.routes["/feed"] = feed
-    config = load_config(
-        write_config(tmp_path, [{"url": farm.url("/feed"), "full_text": True}], workers=0)
-    )
+    config = one_feed(tmp_path, farm, {"full_text": True})
     first = run_pass(config, clock=clock)
     assert first.new == 3 and not first.failed  # a page's failure is not the feed's
     posts = posts_of(config.archive)
@@ -187,21 +199,11 @@ def test_pictures_are_kept_once_checked_and_capped(
             ["<img src='/img/evil.svg'>", "<img src='/img/fake.png'><img src='/img/huge.png'>"]
         )
     )
-    farm.routes["/feed"] = Answer(
-        200,
-        ('<?xml version="1.0"?><rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/">'
-         f"<channel><title>Pics</title><link>{farm.url('/')}</link><description>d</description>"
-         f"{items}</channel></rss>").encode(),
+    farm.routes["/feed"] = Answer(200, channel(farm, "Pics", items))
+    config = one_feed(
+        tmp_path, farm, {"media": "keep"}, media_limits={"image": 20_000},
+        link="http://news.example/",
     )  # fmt: skip
-    config = load_config(
-        write_config(
-            tmp_path,
-            [{"url": farm.url("/feed"), "media": "keep"}],
-            workers=0,
-            media_limits={"image": 20_000},
-            link="http://news.example/",
-        )
-    )
     assert run_pass(config, clock=clock).new == 2
     kept = kept_files(config.archive)
     assert sorted(p.read_bytes() for p in kept) == sorted([png(1), png(2)])
@@ -266,14 +268,11 @@ def test_a_download_killed_midway_leaves_nothing_referenced(tmp_path: Path, farm
     picture = png(9, size=5_000)
     sent = threading.Event()
     farm.routes["/img/slow.png"] = _stalled_picture(picture[:3000], len(picture), sent)
-    farm.routes["/feed"] = Answer(
-        200,
-        ('<?xml version="1.0"?><rss version="2.0"><channel><title>Slow</title>'
-         f"<link>{farm.url('/')}</link><description>d</description>"
-         f"<item><title>Slow picture</title><link>{farm.url('/p/slow')}</link>"
-         "<description><![CDATA[<img src='/img/slow.png'>]]></description></item>"
-         "</channel></rss>").encode(),
-    )  # fmt: skip
+    item = (
+        f"<item><title>Slow picture</title><link>{farm.url('/p/slow')}</link>"
+        "<description><![CDATA[<img src='/img/slow.png'>]]></description></item>"
+    )
+    farm.routes["/feed"] = Answer(200, channel(farm, "Slow", item))
     config = write_config(tmp_path, [{"url": farm.url("/feed"), "media": "keep"}])
     archive = tmp_path / "archive"
     poll = subprocess.Popen(
@@ -320,20 +319,11 @@ def test_enclosures_are_kept_when_asked_within_their_cap(
         f"<enclosure url='{farm.url(f'/ep{i}.mp3')}' length='1' type='audio/mpeg'/></item>"
         for i in (1, 2, 3)
     )
-    farm.routes["/feed"] = Answer(
-        200,
-        ('<?xml version="1.0"?><rss version="2.0"><channel><title>Show</title>'
-         f"<link>{farm.url('/')}</link><description>d</description>{items}</channel></rss>").encode(),
+    farm.routes["/feed"] = Answer(200, channel(farm, "Show", items))
+    config = one_feed(
+        tmp_path, farm, {"media": "keep_enclosures"}, media_limits={"enclosure": 10_000},
+        link="http://pods.example/",
     )  # fmt: skip
-    config = load_config(
-        write_config(
-            tmp_path,
-            [{"url": farm.url("/feed"), "media": "keep_enclosures"}],
-            workers=0,
-            media_limits={"enclosure": 10_000},
-            link="http://pods.example/",
-        )
-    )
     assert run_pass(config, clock=clock).new == 3
     (kept,) = kept_files(config.archive)
     assert kept.read_bytes() == audio and kept.suffix == ".mp3"
@@ -356,13 +346,9 @@ def test_reindex_knows_kept_files_and_removes_those_no_post_uses(
         f"<description><![CDATA[<img src='/img/{x}.png'>]]></description></item>"
         for x in "ab"
     )
-    farm.routes["/feed"] = Answer(
-        200,
-        ('<?xml version="1.0"?><rss version="2.0"><channel><title>Two</title>'
-         f"<link>{farm.url('/')}</link><description>d</description>{items}</channel></rss>").encode(),
-    )  # fmt: skip
-    path = write_config(tmp_path, [{"url": farm.url("/feed"), "media": "keep"}], workers=0)
-    config = load_config(path)
+    farm.routes["/feed"] = Answer(200, channel(farm, "Two", items))
+    config = one_feed(tmp_path, farm, {"media": "keep"})
+    path = config.path
     run_pass(config, clock=clock)
     kept = {p.read_bytes(): p for p in kept_files(config.archive)}
     posts = {read_post(p.read_text(), "x").title: p for p in config.archive.rglob("*.md")}
@@ -397,20 +383,8 @@ def test_jekyll_shows_the_kept_pictures(tmp_path: Path, farm: Farm, clock: StepC
     farm.routes["/img/river.png"] = Answer(200, png(5), {"Content-Type": "image/png"})
     farm.routes["/img/thumb.png"] = Answer(200, png(6), {"Content-Type": "image/png"})
     thumbnail = f"<media:thumbnail url='{farm.url('/img/thumb.png')}'/>"
-    farm.routes["/feed"] = Answer(
-        200,
-        teaser_feed(farm, 1)
-        .replace(b"</item>", thumbnail.encode() + b"</item>")
-        .replace(
-            b'<rss version="2.0">',
-            b'<rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/">',
-        ),
-    )
-    config = load_config(
-        write_config(
-            tmp_path, [{"url": farm.url("/feed"), "full_text": True, "media": "keep"}], workers=0
-        )
-    )
+    farm.routes["/feed"] = Answer(200, teaser_feed(farm, 1, inside=thumbnail))
+    config = one_feed(tmp_path, farm, {"full_text": True, "media": "keep"})
     run_pass(config, clock=clock)
     kept, thumb = sorted(kept_files(config.archive), key=lambda p: p.read_bytes() != png(5))
     out = tmp_path / "site"
@@ -473,19 +447,11 @@ def test_a_kept_picture_is_not_downloaded_again_and_the_proxy_shows_the_others(
             "</description></item>"
             for i in range(n)
         )
-        return (
-            '<?xml version="1.0"?><rss version="2.0"><channel><title>Logo</title>'
-            f"<link>{farm.url('/')}</link><description>d</description>{items}</channel></rss>"
-        ).encode()
+        return channel(farm, "Logo", items)
 
     farm.routes["/feed"] = Answer(200, feed(1))
-    config = load_config(
-        write_config(
-            tmp_path,
-            [{"url": farm.url("/feed"), "media": "keep"}],
-            workers=0,
-            image_proxy="https://proxy.example/?url={url}",
-        )
+    config = one_feed(
+        tmp_path, farm, {"media": "keep"}, image_proxy="https://proxy.example/?url={url}"
     )
     assert run_pass(config, clock=clock).new == 1
     farm.routes["/feed"] = Answer(200, feed(2))
@@ -522,15 +488,10 @@ def test_an_article_page_elsewhere_gets_no_credentials_and_redirects_are_checked
             f"<item><title>Story 0</title><link>{farm.url('/news/0.html')}</link></item>"
             f"<item><title>Story 1</title><link>{other.url('/news/1.html')}</link></item>"
         )
-        farm.routes["/feed"] = Answer(
-            200,
-            ('<?xml version="1.0"?><rss version="2.0"><channel><title>Private</title>'
-             f"<link>{farm.url('/')}</link><description>d</description>{items}"
-             "</channel></rss>").encode(),
-        )  # fmt: skip
-        feed = {"url": farm.url("/feed"), "full_text": True,
-                "headers": {"X-Token": {"env": "GAZETTE_TOKEN"}}}  # fmt: skip
-        config = load_config(write_config(tmp_path, [feed], workers=0))
+        farm.routes["/feed"] = Answer(200, channel(farm, "Private", items))
+        config = one_feed(
+            tmp_path, farm, {"full_text": True, "headers": {"X-Token": {"env": "GAZETTE_TOKEN"}}}
+        )
         assert run_pass(config, clock=clock).new == 2
         assert farm.requests_to("/news/0.html")[0].headers["x-token"] == "token-5d8a2c"
         assert "x-token" not in other.requests_to("/news/1.html")[0].headers

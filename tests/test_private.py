@@ -11,9 +11,7 @@ import signal
 import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -290,31 +288,11 @@ def test_a_feed_through_an_http_proxy_with_credentials(tmp_path: Path) -> None:
 def tls_farm() -> Iterator[str]:
     """An HTTPS server with a certificate no one trusts, serving /feed."""
     trustme = pytest.importorskip("trustme")
-    authority = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(context)
-    body = rss(stories("tls"))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}/feed"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    with Farm(tls=context).running() as farm:
+        farm.routes["/feed"] = Answer(200, rss(stories("tls")))
+        yield farm.url("/feed")
 
 
 def test_verify_tls_false_reads_a_self_signed_feed_and_check_warns(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aggregator.errors import ParseError
+from aggregator.errors import ParseError, one_line
 from aggregator.models import ParsedFeed
 from aggregator.parsers.common import parsed_feed
 from aggregator.parsers.jsonfeed import looks_like_json, parse_json_feed
@@ -45,7 +45,7 @@ def parse_feed(
         raise ParseError(url, _not_a_feed_reason(d, content_type))
     warning = None
     if d.get("bozo"):
-        warning = f"ill-formed feed, read anyway: {_one_line(d.get('bozo_exception'))}"
+        warning = f"ill-formed feed, read anyway: {one_line(d.get('bozo_exception'))}"
     return parsed_feed(d, url, max_entries, warning)
 
 
@@ -54,10 +54,5 @@ def _not_a_feed_reason(d: Any, content_type: str | None) -> str:
     if content_type and "html" in content_type:
         return f"not a feed: the server sent an HTML page ({content_type})"
     if exc is not None:
-        return f"not a feed: {_one_line(exc)}"
+        return f"not a feed: {one_line(exc)}"
     return "not a feed: no RSS, Atom or JSON Feed document found"
-
-
-def _one_line(value: object, limit: int = 200) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
