@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aggregator import __version__
 from aggregator.errors import AggregatorError, ConfigError
@@ -35,22 +35,8 @@ class _Exit(Exception):
         self.code = code
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["traceback"] = self.formatException(record.exc_info)
-        elif record.exc_text:  # (formatted, and scrubbed, already)
-            entry["traceback"] = record.exc_text
-        return json.dumps(entry, ensure_ascii=False)
-
-
 def _setup_logging(args: argparse.Namespace, console: Console | None = None) -> None:
+    from aggregator.logs import Namespace, formatter_for, rich_handler  # noqa: PLC0415
     from aggregator.secrets import ScrubFilter  # noqa: PLC0415
 
     verbose, quiet, fmt = args.verbose, args.quiet, args.log_format
@@ -59,17 +45,12 @@ def _setup_logging(args: argparse.Namespace, console: Console | None = None) -> 
     root.handlers.clear()
     handler: logging.Handler
     if console is not None and fmt == "text":
-        from rich.logging import RichHandler  # noqa: PLC0415
-
-        handler = RichHandler(console=console, show_path=False)
+        handler = rich_handler(console)
         level = level if verbose or quiet else logging.WARNING  # the progress bar tells the rest
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            _JsonFormatter()
-            if fmt == "json"
-            else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(formatter_for(fmt, sys.stderr))
+    handler.addFilter(Namespace())  # every line under aggregator.*, libraries' too
     handler.addFilter(ScrubFilter())  # no secret of feeds.yaml in any line, whoever logs it
     root.addHandler(handler)
     root.setLevel(level)
@@ -100,84 +81,235 @@ def _fail(error: AggregatorError) -> _Exit:
 def check(args: argparse.Namespace) -> int:
     """Validate feeds.yaml and print every problem with its file, line and key.
 
-    Also warns of secrets written in the file and of TLS checks turned off, and names
-    the secrets that cannot be read (environment variables not set, files missing),
-    without printing any. Exit status 0 if valid, 2 if not or if a secret is missing.
+    Lists every problem at once (duplicate feeds too). Also warns of secrets written in
+    the file and of TLS checks turned off, and names the secrets that cannot be read
+    (environment variables not set, files missing), without printing any. Exit status
+    0 if valid, 2 if not or if a secret is missing.
 
     Example: aggregator check -c ~/feeds/feeds.yaml
     """
-    cfg = _load(args.config)
-    for warning in cfg.warnings:
+    from aggregator.config import load_config, resolve_config_path  # noqa: PLC0415
+
+    try:
+        cfg = load_config(resolve_config_path(args.config))
+    except ConfigError as e:
+        problems = [str(p) for p in e.problems]
+        missing, warnings = [str(m) for m in e.missing], [str(w) for w in e.warnings]
+    else:
+        problems, missing, warnings = [], list(cfg.missing), list(cfg.warnings)
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    for missing in cfg.missing:
-        print(f"error: {missing} (the feed will fail until it is)", file=sys.stderr)
-    if cfg.missing:
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    for secret in missing:
+        print(f"error: {secret} (the feed will fail until it is)", file=sys.stderr)
+    if problems or missing:
+        count = len(problems) + len(missing)
+        print(f"{count} problem{'s' if count > 1 else ''}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"{cfg.path}: OK, {len(cfg.feeds)} feeds, archive in {cfg.archive}")
     return EXIT_OK
 
 
 def poll(args: argparse.Namespace) -> int:
-    """Poll every feed once, archive new items, republish the merged feed, exit.
+    """Poll every feed once (or those named), archive new items, publish the merged feed.
 
-    Prints one line per feed (new N / unchanged / error: reason). Exit status 0 when
-    every feed was fetched or unchanged, 1 when any failed or the merged feed could not
-    be written (the next pass writes it), 2 on an invalid config. Ctrl-C or SIGTERM
-    stops it early (exit 0): what was archived is published. Refuses to run (exit 1)
-    while `aggregator run` is using the same archive.
+    Prints one line per feed (new N / unchanged / error: reason) and a total; with -q,
+    nothing unless something failed (cron mails only then). FEED is a feed's URL or
+    name, as in feeds.yaml or learned from the feed. While `aggregator run` uses the
+    archive, the daemon is asked to poll them now and the results are its own. Ctrl-C
+    or SIGTERM stops a pass early (exit 0): what was archived is published.
 
-    Example (cron, every 30 minutes): */30 * * * * cd ~/feeds && aggregator poll -q
+    Exit status: 0 every feed was fetched or unchanged; 1 a feed failed, or the merged
+    feed could not be written (the next pass writes it); 2 invalid feeds.yaml or an
+    unknown FEED.
+
+    Examples:
+      */30 * * * * cd ~/feeds && aggregator poll -q     (cron, every 30 minutes)
+      aggregator poll "BBC World" https://example.org/feed.xml
     """
-    from aggregator.archive import lock_archive  # noqa: PLC0415
-    from aggregator.pipeline import ERROR, NEW, FeedResult, run_pass  # noqa: PLC0415
+    from aggregator.archive import ArchiveLocked, lock_archive  # noqa: PLC0415
+    from aggregator.pipeline import run_pass  # noqa: PLC0415
 
     cfg = _load(args.config)
-    progress = None
-    if sys.stderr.isatty() and not args.quiet and args.log_format == "text":
-        from rich.console import Console  # noqa: PLC0415
-        from rich.progress import Progress  # noqa: PLC0415
-
-        progress = Progress(console=Console(stderr=True), transient=True)
+    only = _chosen(cfg, args.feeds)
+    progress = _Progress.start(args, len(only) if only is not None else len(cfg.feeds))
     _setup_logging(args, progress.console if progress else None)
-
-    def advance(_: FeedResult) -> None:
-        if progress is not None:
-            progress.advance(task)
-
     try:
         with lock_archive(cfg.archive):
             if progress is not None:
                 with progress:
-                    task = progress.add_task("polling", total=len(cfg.feeds))
-                    outcome = run_pass(cfg, on_result=advance, handle_signals=True)
+                    outcome = run_pass(
+                        cfg, on_result=progress.done, on_start=progress.started,
+                        handle_signals=True, only=only,
+                    )  # fmt: skip
             else:
-                outcome = run_pass(cfg, handle_signals=True)
+                outcome = run_pass(cfg, handle_signals=True, only=only)
+    except ArchiveLocked as e:
+        return _poll_by_daemon(cfg, only, args.quiet, e)
     except AggregatorError as e:
         raise _fail(e) from None
     published = f"; published {cfg.archive}" if outcome.published else ""
     if outcome.skipped:
         print(
-            f"stopped early: {len(outcome.results)} of {len(cfg.feeds)} feeds polled, "
-            f"{outcome.new} new items{published}"
+            f"stopped early: {len(outcome.results)} of {len(outcome.results) + outcome.skipped}"
+            f" feeds polled, {outcome.new} new items{published}"
         )
         return EXIT_OK
-    for r in outcome.results:
-        if r.outcome == ERROR:
-            status = f"error: {r.error}"
-        else:
-            status = f"new {r.new}" if r.outcome == NEW else "unchanged"
-        print(f"{r.name} <{r.url}>: {status}")
-    print(
-        f"{len(outcome.results)} feeds: {outcome.new} new items, {len(outcome.failed)} failed"
-        + published
-    )
+    rows = [(r.name, r.url, str(r.outcome), r.new, r.error) for r in outcome.results]
+    failed = _print_polls(rows, args.quiet, published)
     if outcome.publish_error:
         print(
             f"error: the merged feed was not written: {outcome.publish_error} "
             "(the next pass writes it)",
             file=sys.stderr,
         )
-    return EXIT_FAILED if outcome.failed or outcome.publish_error else EXIT_OK
+    return EXIT_FAILED if failed or outcome.publish_error else EXIT_OK
+
+
+def _chosen(cfg: Config, wanted: list[str]) -> set[str] | None:
+    """The URLs of the feeds named on the command line (None: every feed); exit 2 naming
+    those that match none. A feed is named by its URL, or its name in feeds.yaml or as
+    learned from the feed (any case)."""
+    if not wanted:
+        return None
+    from aggregator.archive import read_index  # noqa: PLC0415
+
+    learned: dict[str, str] = {}
+    try:
+        state = read_index(cfg.archive)
+        try:
+            learned = state.feed_names()
+        finally:
+            state.close()
+    except AggregatorError:
+        pass  # (no index yet: names from feeds.yaml only)
+    chosen: set[str] = set()
+    unknown = []
+    for text in wanted:
+        key = text.strip().casefold()
+        found = {
+            f.url
+            for f in cfg.feeds
+            if text in (f.url, f.fetch_url)
+            or key in {(f.name or "").casefold(), learned.get(f.url, "").casefold()}
+        }
+        chosen |= found
+        if not found:
+            unknown.append(text)
+    for text in unknown:
+        print(f"error: no feed {text!r} in {cfg.path} (by URL or name)", file=sys.stderr)
+    if unknown:
+        raise _Exit(EXIT_CONFIG)
+    return chosen
+
+
+def _poll_by_daemon(cfg: Config, only: set[str] | None, quiet: bool, locked: Exception) -> int:
+    """Ask the daemon that holds the archive to poll; print its answers as a pass would."""
+    from aggregator.control import ask_daemon  # noqa: PLC0415
+
+    answers = ask_daemon(cfg.archive, sorted(only) if only is not None else None)
+    if answers is None:  # another `poll`, or a daemon without a control socket
+        print(f"error: {locked}", file=sys.stderr)
+        return EXIT_FAILED
+    rows = []
+    try:
+        for answer in answers:
+            if "refused" in answer:
+                print(f"error: the daemon says: {answer['refused']}", file=sys.stderr)
+                return EXIT_FAILED
+            if "url" in answer:
+                row = (answer["name"], answer["url"], answer["outcome"], answer["new"])
+                rows.append((*row, answer.get("error")))
+    except AggregatorError as e:
+        raise _fail(e) from None
+    failed = _print_polls(rows, quiet, "; polled by the running daemon")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_polls(rows: list[tuple[str, str, str, int, str | None]], quiet: bool, end: str) -> int:
+    """One line a feed and a total (with ``quiet``, only the failures and the total if
+    any); return the number that failed."""
+    failed = sum(1 for *_, error in rows if error is not None)
+    for name, url, outcome, new, error in rows:
+        if error is not None:
+            print(f"{name} <{url}>: error: {error}")
+        elif not quiet:
+            print(f"{name} <{url}>: " + (f"new {new}" if outcome == "new" else "unchanged"))
+    if failed or not quiet:
+        total = sum(row[3] for row in rows)
+        print(f"{len(rows)} feeds: {total} new items, {failed} failed{end}")
+    return failed
+
+
+class _Progress:
+    """The progress of a pass on a terminal: feeds done of all, the feed awaited longest,
+    items archived, elapsed time and rate. None when stderr is no terminal."""
+
+    @classmethod
+    def start(cls, args: argparse.Namespace, total: int) -> Any:
+        if args.quiet or args.log_format != "text" or not sys.stderr.isatty():
+            return None
+        from rich.console import Console  # noqa: PLC0415
+        from rich.progress import (  # noqa: PLC0415
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        progress = Progress(
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("feeds · {task.fields[new]} new · {task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        return cls(progress, total)
+
+    def __init__(self, progress: Any, total: int) -> None:
+        self.progress = progress
+        self.console = progress.console
+        self.task = progress.add_task("", total=total, new=0, rate="")
+        self.flying: dict[str, str] = {}
+        self.new = 0
+
+    def __enter__(self) -> None:
+        self.progress.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def started(self, source: Any) -> None:
+        self.flying[source.url] = source.name or source.url
+        self._show()
+
+    def done(self, result: Any) -> None:
+        self.flying.pop(result.url, None)
+        self.new += result.new
+        self.progress.advance(self.task)
+        self._show()
+
+    def _show(self) -> None:
+        task = self.progress.tasks[0]
+        rate = f"{task.completed / task.elapsed:.1f} feeds/s" if task.elapsed else ""
+        oldest = next(iter(self.flying.values()), "")
+        self.progress.update(self.task, description=oldest, new=self.new, rate=rate)
+
+
+def refresh(args: argparse.Namespace) -> int:
+    """Poll these feeds now, whatever their schedule or back-off.
+
+    Asks the running daemon (`aggregator run`) to do it and prints what it found; with
+    no daemon running, polls them here, as `aggregator poll FEED...` does. FEED is a
+    feed's URL or name. Exit status as for `poll`.
+
+    Example: aggregator refresh "BBC World"
+    """
+    return poll(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,13 +352,14 @@ def status(args: argparse.Namespace) -> int:
     """Print each feed's health: last poll, outcome, new items in 24 h, errors, next poll.
 
     Reads the archive's index only, so it works while `aggregator run` is running, and
-    on an archive you may not write.
+    on an archive you may not write. A table on a terminal (problems in colour), plain
+    aligned columns when piped, one JSON object with --json. Exit status 1 when a feed
+    is failing, overdue or gone (a script or a monitor can act on it), else 0.
 
-    Example: aggregator status -c feeds.yaml
+    Examples:
+      aggregator status -c feeds.yaml
+      aggregator status --json | jq '.feeds[] | select(.health != "ok")'
     """
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
-
     from aggregator.archive import read_index  # noqa: PLC0415
     from aggregator.health import feed_rows  # noqa: PLC0415
     from aggregator.lifecycle import Health  # noqa: PLC0415
@@ -242,30 +375,74 @@ def status(args: argparse.Namespace) -> int:
             state.close()
     except AggregatorError as e:
         raise _fail(e) from None
+    troubled = [r for r in rows if r.health.state in (Health.FAILING, Health.OVERDUE, Health.GONE)]
 
-    def when(moment: datetime | None) -> str:
-        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else "-"
+    def when(moment: datetime | None) -> str | None:
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else None
 
-    table = Table(
-        "name", "url", "last poll (UTC)", "outcome", "new 24h", "errors", "next poll (UTC)"
-    )
+    feeds = []
     for row in rows:
         s = row.status
-        outcome = (s.outcome or "-") if s else "not polled yet"
-        if row.health.state in (Health.FAILING, Health.OVERDUE, Health.GONE):
-            outcome = row.health.describe()
-        table.add_row(
-            row.name,
-            row.url,
-            when(s.last_poll if s else None),
-            outcome,
-            str(recent.get(row.url, 0)),
-            str(s.errors_in_a_row if s else 0),
-            "gone" if row.health.state is Health.GONE else when(s.next_poll if s else None),
+        gone = row.health.state is Health.GONE
+        feeds.append(
+            {
+                "name": row.name,
+                "url": row.url,
+                "health": str(row.health.state),
+                "outcome": (str(s.outcome) if s and s.outcome else None),
+                "error": row.health.reason if not row.health.ok else None,
+                "last_poll": s.last_poll.isoformat() if s and s.last_poll else None,
+                "next_poll": None if gone or not s or not s.next_poll else s.next_poll.isoformat(),
+                "http_status": s.http_status if s else None,
+                "errors_in_a_row": s.errors_in_a_row if s else 0,
+                "new_24h": recent.get(row.url, 0),
+            }
         )
-    console = Console() if sys.stdout.isatty() else Console(width=250, no_color=True)
-    console.print(table)
-    return EXIT_OK
+    code = EXIT_FAILED if troubled else EXIT_OK
+    if args.json:
+        summary = {"status": "degraded" if troubled else "ok", "feeds": len(rows)}
+        summary |= {"troubled": len(troubled), "checked": now.isoformat(timespec="seconds")}
+        print(json.dumps({**summary, "feeds": feeds}, ensure_ascii=False, indent=2))
+        return code
+    header = ("name", "url", "last poll (UTC)", "outcome", "new 24h", "errors", "next poll (UTC)")
+    table: list[tuple[str, ...]] = []
+    for row, feed in zip(rows, feeds, strict=True):
+        s = row.status
+        outcome = str(feed["outcome"] or "not polled yet")
+        if not row.health.ok:
+            outcome = row.health.describe()
+        last, following = when(s.last_poll if s else None), when(s.next_poll if s else None)
+        following = "gone" if row.health.state is Health.GONE else following
+        table.append(
+            (row.name, row.url, last or "-", outcome, str(feed["new_24h"]),
+             str(feed["errors_in_a_row"]), following or "-")
+        )  # fmt: skip
+    if sys.stdout.isatty():
+        _print_table(header, table, [r.health.state for r in rows])
+    else:  # for grep, awk and mail: no frame, no colour, no cut, no padding at line ends
+        widths = [max(len(cell) for cell in column) for column in zip(header, *table, strict=True)]
+        for line in (header, *table):
+            print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    if troubled:
+        print(f"{len(troubled)} of {len(rows)} feeds need attention", file=sys.stderr)
+    return code
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], states: list[Any]) -> None:
+    """The status table on a terminal: URLs and reasons wrap rather than being cut;
+    failing feeds in red, overdue ones in yellow."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from aggregator.lifecycle import Health  # noqa: PLC0415
+
+    table = Table(*header)
+    for column in table.columns:
+        column.overflow = "fold"
+    styles = {Health.FAILING: "red", Health.GONE: "red", Health.OVERDUE: "yellow"}
+    for cells, state in zip(rows, states, strict=True):
+        table.add_row(*cells, style=styles.get(state))
+    Console(highlight=False).print(table)
 
 
 def reindex(args: argparse.Namespace) -> int:
@@ -447,6 +624,7 @@ def demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": run,
     "poll": poll,
+    "refresh": refresh,
     "serve": serve,
     "status": status,
     "check": check,
@@ -457,7 +635,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export-opml": export_opml,
     "demo": demo,
 }
-_LOGGING = {"run", "poll", "serve", "reindex", "demo"}
+_LOGGING = {"run", "poll", "refresh", "serve", "reindex", "demo"}
 _SERVING = {"run", "serve", "demo"}
 
 
@@ -504,6 +682,15 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--interval", metavar="2h", help="time between polls (15m, 2h, 1d)")
             sub.add_argument(
                 "--no-check", action="store_true", help="add without fetching it first"
+            )
+        elif name in ("poll", "refresh"):
+            sub.add_argument(
+                "feeds", metavar="FEED", nargs="+" if name == "refresh" else "*",
+                help="a feed's URL or name" + ("" if name == "refresh" else " (default: all)"),
+            )  # fmt: skip
+        elif name == "status":
+            sub.add_argument(
+                "--json", action="store_true", help="one JSON object: the feeds and a summary"
             )
         elif name == "remove":
             sub.add_argument("feed", metavar="URL|NAME", help="the feed's URL or its name")

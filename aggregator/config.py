@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -568,10 +568,11 @@ def load_config(path: Path) -> Config:
         for i, feed in enumerate(top.get("feeds") or ())
         if isinstance(feed, dict) and feed.get("url")
     ]
-    if not problems:
-        _check_duplicates(top["feeds"], report, lines)
+    _check_duplicates(top.get("feeds") or (), report, lines)
     if problems:
-        raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
+        raise ConfigError(
+            sorted(problems, key=lambda p: p.line or 0), notes.missing, notes.warnings
+        )
     archive = Path(os.path.expanduser(top["archive"]))
     register(secret for a in accesses if a is not None for secret in a.secrets)
     return Config(
@@ -839,9 +840,13 @@ def _index_lines(root: yaml.Node, name: str) -> tuple[dict[Loc, int], list[Confi
     return lines, problems
 
 
-def _check_duplicates(feeds: list[dict[str, Any]], report: Report, lines: dict[Loc, int]) -> None:
+def _check_duplicates(feeds: Iterable[object], report: Report, lines: dict[Loc, int]) -> None:
+    """Report every feed URL listed twice (by its normalized public form), whatever else
+    is wrong with the file."""
     first: dict[str, int] = {}
     for i, feed in enumerate(feeds):
+        if not isinstance(feed, dict) or not isinstance(feed.get("url"), str):
+            continue
         public = public_url(feed["url"])[0]
         key = normalize_url(public) or public
         if key in first:

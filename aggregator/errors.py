@@ -34,8 +34,15 @@ class ConfigProblem:
 class ConfigError(AggregatorError):
     """``feeds.yaml`` is missing, unreadable or invalid; holds every problem found."""
 
-    def __init__(self, problems: list[ConfigProblem]) -> None:
+    def __init__(
+        self,
+        problems: list[ConfigProblem],
+        missing: list[ConfigProblem] | None = None,
+        warnings: list[ConfigProblem] | None = None,
+    ) -> None:
         self.problems = problems
+        self.missing = missing or []  # secrets that cannot be read (for `check`)
+        self.warnings = warnings or []
         super().__init__("\n".join(str(p) for p in problems))
 
 

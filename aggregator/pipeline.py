@@ -15,7 +15,7 @@ import random
 import signal
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +43,7 @@ from aggregator.lifecycle import (
     is_gone,
     with_next_poll,
 )
+from aggregator.logs import fields
 from aggregator.models import (
     KEEP_GLOBAL,
     MEDIA_OFF,
@@ -205,12 +206,17 @@ class Poller:
             seen = Observation(Outcome.ERROR, error=reason)
         status = self.record(source, seen)
         name = display_name(source, status)
+        elapsed = time.monotonic() - started
         log.log(
             logging.WARNING if seen.outcome is Outcome.ERROR else logging.INFO,
             "poll feed=%s url=%s status=%s outcome=%s new=%d%s elapsed=%.2fs%s",
             name, source.url, seen.http_status, seen.outcome, new,
             f" updated={updated}" if updated else "",
-            time.monotonic() - started, f" reason={seen.error}" if seen.error else "",
+            elapsed, f" reason={seen.error}" if seen.error else "",
+            extra=fields(
+                feed=name, url=source.url, status=seen.http_status, outcome=str(seen.outcome),
+                new=new, updated=updated, elapsed=round(elapsed, 3), reason=seen.error,
+            ),
         )  # fmt: skip
         return FeedResult(
             source.url, name, status, new, seen.error, fetch_seconds=fetch_seconds,
@@ -408,10 +414,13 @@ async def poll_all(
     clock: Clock = utc_now,
     transport: httpx.AsyncBaseTransport | None = None,
     on_result: Callable[[FeedResult], None] | None = None,
+    on_start: Callable[[FeedSource], None] | None = None,
     stop: asyncio.Event | None = None,
+    only: Collection[str] | None = None,
 ) -> PassResult:
-    """Poll every feed of ``config`` once (until ``stop`` is set, if given), then publish
-    if anything changed or an earlier publish did not happen."""
+    """Poll every feed of ``config`` (or those whose URLs are in ``only``) once (until
+    ``stop`` is set, if given), then publish if anything changed or an earlier publish
+    did not happen."""
     # Requests are bounded by Poller's Limits; this bounds bodies waiting to be parsed.
     working = asyncio.Semaphore(2 * config.max_in_flight)
     async with make_client(fetch_settings(config), transport) as client:
@@ -419,12 +428,15 @@ async def poll_all(
 
         async def one(source: FeedSource) -> FeedResult:
             async with working:
+                if on_start is not None:
+                    on_start(source)
                 result = await poller.poll_feed(source)
             if on_result is not None:
                 on_result(result)
             return result
 
-        tasks = [asyncio.create_task(one(s)) for s in config.feeds]
+        chosen = [s for s in config.feeds if only is None or s.url in only]
+        tasks = [asyncio.create_task(one(s)) for s in chosen]
         try:
             await _until_done_or_stopped(tasks, stop)
         finally:
@@ -473,9 +485,12 @@ def run_pass(
     clock: Clock = utc_now,
     transport: httpx.AsyncBaseTransport | None = None,
     on_result: Callable[[FeedResult], None] | None = None,
+    on_start: Callable[[FeedSource], None] | None = None,
     handle_signals: bool = False,
+    only: Collection[str] | None = None,
 ) -> PassResult:
-    """Open the archive, make its index fit, poll everything once, publish.
+    """Open the archive, make its index fit, poll everything once (or the feeds whose
+    URLs are in ``only``), publish.
 
     ``handle_signals``: SIGINT and SIGTERM stop the pass early: polls in flight are
     abandoned (nothing half-written stays), what was archived is published.
@@ -491,7 +506,7 @@ def run_pass(
                     loop.add_signal_handler(sig, stop.set)
             return await poll_all(
                 config, archive, clock=clock, transport=transport, on_result=on_result,
-                stop=stop,
+                on_start=on_start, stop=stop, only=only,
             )  # fmt: skip
 
         return asyncio.run(main())

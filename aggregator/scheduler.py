@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +30,8 @@ from apscheduler.triggers.date import DateTrigger
 
 from aggregator.archive import Archive, lock_archive, publish_due
 from aggregator.config import load_config
+from aggregator.control import MAX_REQUEST, prepare_socket_path
+from aggregator.control import socket_path as control_path
 from aggregator.errors import AggregatorError, ConfigError, ConfigUnreadable
 from aggregator.fetch import make_client
 from aggregator.health import CONFIG, INDEX, PUBLISH, Problems
@@ -97,6 +101,7 @@ class Daemon:
         self._polling: set[str] = set()  # feeds being polled now
         self._submitted: set[str] = set()  # feeds whose timer fired, poll not started yet
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._waiters: dict[str, list[asyncio.Future[FeedResult]]] = {}  # poll_now's
 
     def run(self) -> int:
         return asyncio.run(self._main())
@@ -126,6 +131,7 @@ class Daemon:
                 for url, when in plan.items():
                     self._schedule(url, when)
                 self._install_signals()
+                control = await self._open_control(archive.root)
                 tasks = [
                     self._supervised(server.serve(sockets=[sock]), "the web server"),
                     self._supervised(self._watch(), "the feeds.yaml watcher"),
@@ -143,6 +149,9 @@ class Daemon:
                 if self._in_flight:
                     log.info("stopping: waiting for %d polls in flight", len(self._in_flight))
                 self.scheduler.pause()  # shutdown() would cancel the polls in flight
+                control.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(control_path(archive.root))
                 for task in tasks[1:]:
                     task.cancel()
                 await asyncio.gather(*tasks[1:], return_exceptions=True)
@@ -241,11 +250,15 @@ class Daemon:
         except Exception as e:  # poll_feed never raises; if it did, the feed still goes on
             log.exception("feed=%s url=%s internal error", source.name, url)
             error = f"internal error: {type(e).__name__}: {e}"
-            self.poller.record(source, Observation(Outcome.ERROR, error=error))
+            status = self.poller.record(source, Observation(Outcome.ERROR, error=error))
+            result = FeedResult(url, display_name(source, status), status, error=error)
         finally:
             self._polling.discard(url)
             self._in_flight.discard(task)
             self._plan_next(url, source, before)
+        for waiter in self._waiters.pop(url, []):
+            if not waiter.done():
+                waiter.set_result(result)
         if self.poller.damage is not None:
             self._repair_index()
         self._index_health()
@@ -253,6 +266,75 @@ class Daemon:
             self.metrics.observe(result)
             if result.new or result.updated:
                 self._publish_wanted.set()
+
+    async def poll_now(self, urls: list[str]) -> AsyncIterator[FeedResult]:
+        """Poll these feeds now, whatever their schedule or back-off (a poll in flight
+        counts), and yield each result as it comes; :class:`AggregatorError` if the daemon
+        stops first."""
+        loop = asyncio.get_running_loop()
+        waiting: dict[asyncio.Future[FeedResult], str] = {}
+        for url in urls:
+            waiter: asyncio.Future[FeedResult] = loop.create_future()
+            self._waiters.setdefault(url, []).append(waiter)
+            waiting[waiter] = url
+            if url not in self._polling:
+                self._schedule(url, self.clock())
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while waiting:
+                watched: list[asyncio.Future[Any]] = [*waiting, stopping]
+                done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                if stopping in done:
+                    raise AggregatorError("the daemon is stopping")
+                for finished in done:
+                    del waiting[finished]
+                    yield finished.result()
+        finally:
+            stopping.cancel()
+            for waiter, url in waiting.items():
+                with contextlib.suppress(KeyError, ValueError):
+                    self._waiters[url].remove(waiter)
+
+    async def _open_control(self, root: Path) -> asyncio.Server:
+        """Listen on the control socket (see :mod:`aggregator.control`)."""
+        path = prepare_socket_path(root)
+        server = await asyncio.start_unix_server(self._answer, os.fspath(path), limit=MAX_REQUEST)
+        os.chmod(path, 0o600)
+        return server
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request on the control socket: poll the feeds it names, answer each."""
+
+        async def say(answer: dict[str, Any]) -> None:
+            writer.write(json.dumps(answer, ensure_ascii=False).encode() + b"\n")
+            await writer.drain()
+
+        try:
+            try:
+                asked = json.loads(await reader.readline()).get("poll")
+                urls = list(self._sources) if asked is None else [str(u) for u in asked]
+            except (ValueError, AttributeError, TypeError, asyncio.LimitOverrunError):
+                await say({"refused": 'not a request: send {"poll": [URL, ...] | null}'})
+                return
+            unknown = [u for u in urls if u not in self._sources]
+            if unknown:
+                await say({"refused": "not in feeds.yaml: " + ", ".join(unknown)})
+                return
+            log.info("polling %d feeds now, as asked on the control socket", len(urls))
+            try:
+                async for r in self.poll_now(urls):
+                    await say(
+                        {"url": r.url, "name": r.name, "outcome": str(r.outcome), "new": r.new,
+                         "updated": r.updated, "error": r.error}
+                    )  # fmt: skip
+            except AggregatorError as e:
+                await say({"refused": str(e)})
+                return
+            await say({"done": True})
+        except ConnectionError:  # the asker went away: the polls go on
+            pass
+        finally:
+            writer.close()
 
     def _repair_index(self) -> None:
         """The index was found damaged during a poll: rebuild it now from the posts."""

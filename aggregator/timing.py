@@ -3,8 +3,10 @@
 - A feed is polled every ``interval`` (default 1 h, at least 5 min), ±10 % jitter.
 - The server's hints (``Cache-Control: max-age``, ``Expires``, RSS ``<ttl>``, and
   ``Retry-After`` on 429/503) can only lengthen that wait, each capped at 24 h.
-- Failures back off exponentially: interval × 2^errors, capped at 24 h. A feed is never
-  disabled by failures; only 410 Gone stops it (until feeds.yaml changes it).
+- Failures are retried soon, then less and less often: 5 min after the first, then 15
+  min, 45 min, 2h15m, 6h45m, 20h15m and 24 h (or the interval, if longer) from then on,
+  whatever the interval. A feed is never disabled by failures; only 410 Gone stops it
+  (until feeds.yaml changes it).
 - At start-up the feeds that are due are spread over the first minute.
 """
 
@@ -17,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 DEFAULT_INTERVAL = 3600
 MIN_INTERVAL = 300
 MAX_WAIT = 24 * 3600
+FIRST_RETRY = 300  # seconds after a first failure
+RETRY_GROWTH = 3  # each failure in a row waits this many times longer
 JITTER = 0.10
 START_SPREAD = 60.0
 
@@ -45,10 +49,11 @@ def format_duration(seconds: float) -> str:
 
 
 def backoff(interval: float, errors: int) -> float:
-    """The wait after ``errors`` failures in a row: interval × 2^errors, at most 24 h."""
+    """The wait after ``errors`` failures in a row: 5 min × 3^(errors - 1), up to 24 h
+    (or the interval, when it is longer); the interval itself after a success."""
     if errors <= 0:
         return interval
-    return max(interval, min(interval * 2.0 ** min(errors, 32), MAX_WAIT))
+    return min(FIRST_RETRY * float(RETRY_GROWTH) ** min(errors - 1, 32), max(interval, MAX_WAIT))
 
 
 def next_delay(

@@ -56,7 +56,7 @@ def test_failures_back_off_keep_the_validators_and_reset_on_success() -> None:
     for _ in range(7):
         status = after_poll(status, DOWN, FEED, NOW)
         waits.append(hours(status))
-    assert waits == [2, 4, 8, 16, 24, 24, 24]
+    assert [round(h * 60) for h in waits] == [5, 15, 45, 135, 405, 1215, 1440]  # minutes
     assert status.errors_in_a_row == 7 and status.error == DOWN.error
     assert status.validators == Validators('"e1"')  # a failed poll does not forget them
     assert status.name == "Ex"
@@ -69,13 +69,13 @@ DISK_FULL = Observation(Outcome.ERROR, error="cannot write: disk full", local=Tr
 
 def test_a_fault_on_this_side_is_retried_soon_and_is_not_held_against_the_feed() -> None:
     status = after_poll(None, OK, FEED, NOW)
-    for _ in range(5):
+    for _ in range(7):
         status = after_poll(status, DOWN, FEED, NOW)
     assert hours(status) == 24
     status = after_poll(status, DISK_FULL, FEED, NOW)
     assert status.next_poll == NOW + timedelta(seconds=LOCAL_RETRY)
     assert status.outcome is Outcome.ERROR and status.error == "cannot write: disk full"
-    assert (status.errors_in_a_row, status.local_errors) == (6, 1)
+    assert (status.errors_in_a_row, status.local_errors) == (8, 1)
     # A lasting fault is retried less and less often, never less often than the interval.
     waits = []
     for _ in range(5):
@@ -87,7 +87,7 @@ def test_a_fault_on_this_side_is_retried_soon_and_is_not_held_against_the_feed()
     for _ in range(6):
         fresh = after_poll(fresh, DISK_FULL, FEED, NOW)
     after = after_poll(fresh, DOWN, FEED, NOW)
-    assert hours(after) == 2 and after.errors_in_a_row == 7
+    assert hours(after) * 60 == 5 and after.errors_in_a_row == 7  # its first failure
     assert after_poll(after, OK, FEED, NOW).local_errors == 0
 
 

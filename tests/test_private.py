@@ -361,7 +361,7 @@ def test_public_url_and_scrub() -> None:
         repr(Access("https://h.example/?token=T0K", "u", "pw-long")) == "Access(username, password)"
     )
     # A traceback in the JSON log survives the scrubbing, scrubbed.
-    from aggregator.cli import _JsonFormatter
+    from aggregator.logs import JsonFormatter as _JsonFormatter
 
     try:
         raise RuntimeError("failed with scrub-me-7d1c")

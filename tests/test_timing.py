@@ -57,19 +57,14 @@ def test_hints_lengthen_and_never_shorten() -> None:
     assert next_delay(HOUR, hint=10 * 24 * HOUR) == MAX_WAIT  # capped at 24 h
 
 
-def test_backoff_is_exponential_and_capped() -> None:
-    assert [backoff(HOUR, e) for e in range(7)] == [
-        HOUR,
-        2 * HOUR,
-        4 * HOUR,
-        8 * HOUR,
-        16 * HOUR,
-        MAX_WAIT,
-        MAX_WAIT,
-    ]
+def test_a_failure_is_retried_soon_then_less_often_up_to_a_day() -> None:
+    minutes = [backoff(HOUR, e) / 60 for e in range(9)]
+    assert minutes == [60, 5, 15, 45, 135, 405, 1215, 1440, 1440]  # 0 errors: the interval
+    assert backoff(DAY := 24 * HOUR, 1) == 300  # a daily feed is not left failing for a day
     assert backoff(300, 1000) == MAX_WAIT  # never overflows, never disabled
-    assert backoff(2 * MAX_WAIT, 3) == 2 * MAX_WAIT  # never below the interval itself
-    assert next_delay(HOUR, errors=2, hint=HOUR) == 4 * HOUR  # a hint never shortens a back-off
+    assert backoff(2 * DAY, 30) == 2 * DAY  # a longer interval is the cap
+    assert next_delay(HOUR, errors=2, hint=HOUR) == HOUR  # a server's hint lengthens a retry
+    assert next_delay(HOUR, errors=5, hint=HOUR) == 405 * 60  # but never shortens one
 
 
 def test_spread_over_the_first_minute() -> None:

@@ -1,0 +1,190 @@
+"""What an operator relies on: cron stays silent when all is well, exit codes and JSON a
+script can act on, logs a machine (or journald) can read, one feed polled on demand,
+also through a running daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_config
+from tests.farm import Answer, Farm, rss
+from tests.test_cli import aggregator
+from tests.test_daemon import Running, items, wait_for
+from tests.test_scheduler import free_port
+
+
+def two_feeds(tmp_path: Path, farm: Farm) -> Path:
+    farm.routes["/ok"] = Answer(200, rss(items("ok", 2), title="Good"), {"ETag": '"1"'})
+    farm.routes["/bad"] = Answer(500, b"oops")
+    return write_config(
+        tmp_path, [{"url": farm.url("/ok")}, {"url": farm.url("/bad"), "name": "Flaky"}]
+    )
+
+
+def test_cron_is_silent_unless_something_failed(tmp_path: Path, farm: Farm) -> None:
+    config = two_feeds(tmp_path, farm)
+    run = aggregator("poll", "-q", "-c", str(config))
+    assert run.returncode == 1
+    # only the failure and the total: cron mails them
+    assert run.stdout.splitlines() == [
+        f"Flaky <{farm.url('/bad')}>: error: HTTP 500 Internal Server Error",
+        "2 feeds: 2 new items, 1 failed; published " + str(tmp_path / "archive"),
+    ]
+    farm.routes["/bad"] = Answer(200, rss(items("bad", 1), title="Flaky"))
+    run = aggregator("poll", "-q", "-c", str(config))
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+
+
+def test_poll_names_feeds_by_url_or_name_and_refuses_unknown_ones(
+    tmp_path: Path, farm: Farm
+) -> None:
+    config = two_feeds(tmp_path, farm)
+    run = aggregator("poll", "good", "-c", str(config))  # the name learned... not yet: none
+    assert run.returncode == 2 and "no feed 'good'" in run.stderr
+    run = aggregator("poll", farm.url("/ok"), "-c", str(config))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0] == f"Good <{farm.url('/ok')}>: new 2"
+    assert len(farm.requests_to("/bad")) == 0
+    run = aggregator("poll", "FLAKY", "good", "-c", str(config))  # any case; learned name
+    assert run.returncode == 1
+    assert [line.split(" <")[0] for line in run.stdout.splitlines()[:2]] == ["Good", "Flaky"]
+    assert len(farm.requests_to("/bad")) == 1
+
+
+def test_status_is_json_or_plain_and_exits_1_while_a_feed_fails(tmp_path: Path, farm: Farm) -> None:
+    config = two_feeds(tmp_path, farm)
+    aggregator("poll", "-c", str(config))
+    run = aggregator("status", "--json", "-c", str(config))
+    assert run.returncode == 1
+    report = json.loads(run.stdout)
+    assert report["status"] == "degraded" and report["troubled"] == 1
+    good, flaky = report["feeds"]
+    assert (good["name"], good["health"], good["new_24h"], good["error"]) == ("Good", "ok", 2, None)
+    assert flaky["health"] == "failing" and flaky["http_status"] == 500
+    assert flaky["error"] == "HTTP 500 Internal Server Error" and flaky["errors_in_a_row"] == 1
+    # Piped, it is plain columns: whole URLs, no frame, no padding at line ends.
+    run = aggregator("status", "-c", str(config))
+    lines = run.stdout.splitlines()
+    assert run.returncode == 1 and len(lines) == 3
+    assert lines[0].split() == ["name", "url", "last", "poll", "(UTC)", "outcome", "new", "24h",
+                                "errors", "next", "poll", "(UTC)"]  # fmt: skip
+    assert farm.url("/bad") in lines[2] and "error: HTTP 500" in lines[2]
+    assert all(line == line.rstrip() and "│" not in line for line in lines)
+    assert "1 of 2 feeds need attention" in run.stderr
+    farm.routes["/bad"] = Answer(200, rss([], title="Flaky"))
+    aggregator("poll", "-c", str(config))
+    run = aggregator("status", "--json", "-c", str(config))
+    assert run.returncode == 0 and json.loads(run.stdout)["status"] == "ok"
+
+
+def test_check_lists_every_problem_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "feeds.yaml"
+    config.write_text(
+        "title: T\nlink: http://x/\ninterval: banana\nfeeds:\n"
+        "  - url: https://a.example/feed\n"
+        "    auth: {username: u, password_env: AGGREGATOR_TEST_UNSET}\n"
+        "  - url: https://a.example/feed\n"
+        "  - url: ftp://b.example/\n"
+    )
+    run = aggregator("check", "-c", str(config))  # (AGGREGATOR_TEST_UNSET is not set)
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 4, run.stderr
+    assert "interval" in errors[0] and "banana" in errors[0]
+    assert "feeds[1].url: duplicate feed URL, already at feeds[0]" in errors[1]
+    assert "feeds[2].url" in errors[2] and "ftp://" in errors[2]
+    assert "AGGREGATOR_TEST_UNSET" in errors[3]
+    assert run.stderr.splitlines()[-1] == "4 problems"
+
+
+def test_json_logs_carry_fields_under_one_namespace(tmp_path: Path, farm: Farm) -> None:
+    config = two_feeds(tmp_path, farm)
+    run = aggregator("poll", "-v", "--log-format", "json", "-c", str(config))
+    lines = [json.loads(line) for line in run.stderr.splitlines()]
+    assert lines and all(line["logger"].startswith("aggregator") for line in lines)
+    assert any(line["logger"] == "aggregator.fetch" for line in lines)  # httpx's, renamed
+    polls = {line["url"]: line for line in lines if "outcome" in line}
+    ok, bad = polls[farm.url("/ok")], polls[farm.url("/bad")]
+    assert (ok["feed"], ok["status"], ok["outcome"], ok["new"]) == ("Good", 200, "new", 2)
+    assert ok["level"] == "info" and isinstance(ok["elapsed"], float)
+    assert (bad["feed"], bad["status"], bad["outcome"], bad["new"]) == ("Flaky", 500, "error", 0)
+    assert bad["level"] == "warning" and bad["reason"] == "HTTP 500 Internal Server Error"
+
+
+def test_under_systemd_lines_carry_journald_priorities(tmp_path: Path, farm: Farm) -> None:
+    config = two_feeds(tmp_path, farm)
+    log = tmp_path / "journal"
+    with log.open("w") as stream:
+        st = os.fstat(stream.fileno())
+        import subprocess
+        import sys
+
+        subprocess.run(
+            [sys.executable, "-m", "aggregator", "poll", "-c", str(config)],
+            stdout=subprocess.DEVNULL, stderr=stream, timeout=120, check=False,
+            env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+        )  # fmt: skip
+    lines = log.read_text().splitlines()
+    assert any(line.startswith("<4>aggregator.pipeline: poll feed=Flaky") for line in lines)
+    assert any(line.startswith("<6>aggregator.pipeline: poll feed=Good") for line in lines)
+    assert all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines
+    # Another stream (a terminal, a file, a pipe) keeps times and level names.
+    run = aggregator("poll", "-c", str(config), env={"JOURNAL_STREAM": "1:2"})
+    assert " WARNING aggregator.pipeline: poll feed=Flaky" in run.stderr
+
+
+@pytest.mark.slow
+def test_poll_and_refresh_ask_the_running_daemon(tmp_path: Path, farm: Farm) -> None:
+    farm.routes["/a"] = Answer(200, rss(items("a", 1), title="Feed a"), {"ETag": '"a"'})
+    farm.routes["/b"] = Answer(503, b"down for now")
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        [{"url": farm.url("/a"), "name": "Source A"}, {"url": farm.url("/b"), "name": "Late"}],
+        serve={"host": "127.0.0.1", "port": port},
+        link=f"http://127.0.0.1:{port}/",
+    )
+    daemon = Running(config, port, tmp_path / "daemon.log")
+    try:
+        wait_for(lambda: daemon.atom_titles() == {"a story 0"}, "the first feed in /atom.xml")
+        # The second is planned later in the start-up spread: asked now, it fails...
+        run = aggregator("refresh", "late", "-c", str(config))
+        assert run.returncode == 1
+        assert (
+            run.stdout.splitlines()[0]
+            == f"Late <{farm.url('/b')}>: error: HTTP 503 Service Unavailable"
+        )
+        # ... it is fixed: its next poll would be minutes away; asked again, it is read now.
+        farm.routes["/b"] = Answer(200, rss(items("b", 2), title="Feed b"))
+        run = aggregator("refresh", "late", "-c", str(config))
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.splitlines() == [
+            f"Late <{farm.url('/b')}>: new 2",
+            "1 feeds: 2 new items, 0 failed; polled by the running daemon",
+        ]
+        wait_for(lambda: len(daemon.atom_titles()) == 3, "the refreshed feed in /atom.xml")
+        # `poll` of every feed goes through the daemon too (cron beside a daemon), -q quiet.
+        hits = len(farm.requests_to("/a"))
+        run = aggregator("poll", "-q", "-c", str(config))
+        assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+        assert len(farm.requests_to("/a")) == hits + 1
+        farm.routes["/a"] = Answer(500, b"broken")
+        run = aggregator("poll", "-c", str(config))
+        assert run.returncode == 1
+        assert f"Source A <{farm.url('/a')}>: error: HTTP 500" in run.stdout
+        run = aggregator("refresh", "nobody", "-c", str(config))
+        assert run.returncode == 2 and "no feed 'nobody'" in run.stderr
+        assert "polling 1 feeds now, as asked on the control socket" in daemon.logged()
+    finally:
+        daemon.proc.terminate()
+        daemon.proc.wait(timeout=30)
+    assert daemon.proc.returncode == 0
+    # Stopped, it leaves no socket; refresh then polls by itself.
+    assert not (tmp_path / "archive" / ".aggregator" / "control.sock").exists()
+    farm.routes["/a"] = Answer(200, rss(items("a", 2), title="Feed a"))
+    run = aggregator("refresh", "Source A", "-c", str(config))
+    assert run.returncode == 0 and "Source A" in run.stdout and "new 1" in run.stdout
