@@ -604,7 +604,7 @@ def export_opml(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     """Try it without internet: the daemon over a few bundled example feeds.
 
-    Serves the feeds of examples/feeds/ on 127.0.0.1, runs the daemon on them with a
+    Serves the example feeds that come with it on 127.0.0.1, runs the daemon on them with a
     temporary feeds.yaml and archive, and prints the URL to subscribe to and the
     site's URL. Ctrl-C stops it and removes the temporary folder (unless --keep).
 
@@ -617,6 +617,102 @@ def demo(args: argparse.Namespace) -> int:
         return run_demo(args.host or "127.0.0.1", args.port or 8080, args.feeds, args.keep)
     except AggregatorError as e:
         raise _fail(e) from None
+
+
+def init(args: argparse.Namespace) -> int:
+    """Start a new aggregator in a folder: a commented feeds.yaml and the archive's site.
+
+    Writes DIR/feeds.yaml (a few public news feeds, every option explained in comments)
+    and DIR/archive/ with the Jekyll site's files; refuses when DIR already has a
+    feeds.yaml. Then: `aggregator add URL` for your feeds, `aggregator run` to start.
+
+    Example: aggregator init ~/news && cd ~/news && aggregator run
+    """
+    from importlib import resources  # noqa: PLC0415
+
+    from aggregator.archive import write_file_atomic  # noqa: PLC0415
+    from aggregator.site import install_site  # noqa: PLC0415
+
+    folder: Path = args.folder
+    config = folder / "feeds.yaml"
+    if config.exists():
+        print(f"error: {config} exists already: `aggregator check -c {config}`", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        template = (resources.files("aggregator") / "help" / "feeds.yaml").read_bytes()
+        write_file_atomic(config, template)
+        install_site(folder / "archive")
+    except OSError as e:
+        print(f"error: cannot write into {folder}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"wrote {config} and the site's files in {folder / 'archive'}\n"
+        f"next: cd {folder} && aggregator add URL (your feeds), then aggregator run"
+    )
+    return EXIT_OK
+
+
+def completion(args: argparse.Namespace) -> int:
+    """Print the shell completion script for bash, zsh or fish.
+
+    Commands, options and their values complete with no Python started; feed names (for
+    poll, refresh, remove) are asked of `aggregator feeds --names`, with the -c given.
+
+    Examples:
+      aggregator completion bash > ~/.local/share/bash-completion/completions/aggregator
+      aggregator completion zsh > "${fpath[1]}/_aggregator"
+      aggregator completion fish > ~/.config/fish/completions/aggregator.fish
+    """
+    from aggregator.completion import script  # noqa: PLC0415
+
+    sys.stdout.write(script(build_parser(), args.shell))
+    return EXIT_OK
+
+
+def feeds(args: argparse.Namespace) -> int:
+    """The feeds' names, then their URLs, one a line (for shell completion)."""
+    from aggregator.archive import read_index  # noqa: PLC0415
+
+    cfg = _load(args.config)
+    learned: dict[str, str] = {}
+    try:
+        state = read_index(cfg.archive)
+        try:
+            learned = state.feed_names()
+        finally:
+            state.close()
+    except AggregatorError:
+        pass
+    names = [f.name or learned.get(f.url) for f in cfg.feeds]
+    print("\n".join([*dict.fromkeys(n for n in names if n), *(f.url for f in cfg.feeds)]))
+    return EXIT_OK
+
+
+HELP_TOPICS = {
+    "feeds.yaml": "every key of feeds.yaml, with its default and an example",
+    "exit-codes": "what each exit status means, for cron and scripts",
+    "logging": "log formats: text, JSON with fields, journald",
+}
+
+
+def help_topic(args: argparse.Namespace) -> int:
+    """Print a help topic: the feeds.yaml reference, exit codes, logging.
+
+    With no TOPIC, lists them. Commands have their own: `aggregator COMMAND --help`.
+
+    Example: aggregator help feeds.yaml | less
+    """
+    from importlib import resources  # noqa: PLC0415
+
+    if args.topic is None:
+        print("Topics (aggregator help TOPIC):")
+        for name, summary in HELP_TOPICS.items():
+            print(f"  {name:<12} {summary}")
+        print("Commands: aggregator --help, aggregator COMMAND --help")
+        return EXIT_OK
+    page = resources.files("aggregator") / "help" / f"{args.topic}.md"
+    sys.stdout.write(page.read_text(encoding="utf-8"))
+    return EXIT_OK
 
 
 # The parser ---------------------------------------------------------------------------
@@ -634,7 +730,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "import-opml": import_opml,
     "export-opml": export_opml,
     "demo": demo,
+    "init": init,
+    "help": help_topic,
+    "completion": completion,
+    "feeds": feeds,
 }
+_HIDDEN = {"feeds"}
 _LOGGING = {"run", "poll", "refresh", "serve", "reindex", "demo"}
 _SERVING = {"run", "serve", "demo"}
 
@@ -652,13 +753,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler in COMMANDS.items():
         doc = (handler.__doc__ or "").strip()
         summary, _, details = doc.partition("\n\n")
+        listed = {} if name in _HIDDEN else {"help": summary.rstrip(".")}
         sub = commands.add_parser(
             name,
-            help=summary.rstrip("."),
             description=summary + "\n\n" + _dedent(details),
             formatter_class=raw,
+            **listed,  # type: ignore[arg-type]
         )
-        if name != "demo":
+        if name not in ("demo", "init", "help", "completion"):
             sub.add_argument(
                 "-c", "--config", type=Path, metavar="FILE",
                 help="feeds.yaml to use (default: $AGGREGATOR_CONFIG, else ./feeds.yaml)",
@@ -701,10 +803,21 @@ def build_parser() -> argparse.ArgumentParser:
             )  # fmt: skip
         elif name == "import-opml":
             sub.add_argument("file", type=Path, metavar="FILE", help="the OPML file")
+        elif name == "init":
+            sub.add_argument(
+                "folder", metavar="DIR", type=Path, nargs="?", default=Path(),
+                help="the folder to start in (default: the current one)",
+            )  # fmt: skip
+        elif name == "completion":
+            sub.add_argument("shell", choices=["bash", "zsh", "fish"])
+        elif name == "feeds":
+            sub.add_argument("--names", action="store_true", help="names, then URLs")
+        elif name == "help":
+            sub.add_argument("topic", metavar="TOPIC", nargs="?", choices=list(HELP_TOPICS))
         elif name == "demo":
             sub.add_argument(
                 "--feeds", type=Path, metavar="DIR",
-                help="folder of the example feeds (default: examples/feeds of the repository)",
+                help="folder of example feeds (default: those that come with aggregator)",
             )  # fmt: skip
             sub.add_argument(
                 "--keep", action="store_true", help="keep the temporary feeds.yaml and archive"

@@ -1,8 +1,8 @@
 """``aggregator demo``: the daemon over bundled example feeds, with no internet.
 
-The feeds of ``examples/feeds/`` are served on 127.0.0.1 by a small static server; a
-feeds.yaml pointing at them and an archive are made in a temporary folder, which is
-removed at the end unless ``--keep`` asks to keep it.
+The example feeds that come with the package (``aggregator/examples/``) are served on
+127.0.0.1 by a small static server; a feeds.yaml pointing at them and an archive are
+made in a temporary folder, which is removed at the end unless ``--keep`` asks to keep it.
 """
 
 from __future__ import annotations
@@ -28,18 +28,14 @@ DEMO_FEEDS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 
 def find_examples(option: Path | None) -> Path:
-    """The folder of example feeds: the option, else the repository's examples/feeds."""
-    candidates = [option] if option else [
-        Path(__file__).resolve().parents[1] / "examples" / "feeds",  # a clone (make run)
-        Path.cwd() / "examples" / "feeds",
-    ]  # fmt: skip
-    for folder in candidates:
-        if folder is not None and all((folder / name).is_file() for name, _ in DEMO_FEEDS):
-            return folder
+    """The folder of example feeds: the option, else the package's own."""
+    folder = option or Path(__file__).resolve().parent / "examples"
+    if all((folder / name).is_file() for name, _ in DEMO_FEEDS):
+        return folder
     wanted = ", ".join(name for name, _ in DEMO_FEEDS)
     raise AggregatorError(
-        f"the example feeds ({wanted}) are not in {candidates[0]}: run the demo from a "
-        "clone of the repository, or point --feeds at a folder holding them"
+        f"the example feeds ({wanted}) are not all in {folder}"
+        + ("" if option else ": the installation is incomplete, reinstall aggregator")
     )
 
 
@@ -72,7 +68,7 @@ def write_demo_config(folder: Path, feeds_url: str, site: str) -> Path:
         "# feeds.yaml written by `aggregator demo`: the bundled example feeds.",
         "title: Aggregator demo",
         f"link: {site}",
-        "description: The example feeds of examples/feeds, merged.",
+        "description: The example feeds that come with aggregator, merged.",
         "archive: archive",
         "interval: 15m",
         "feeds:",

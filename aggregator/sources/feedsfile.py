@@ -25,7 +25,7 @@ from aggregator.secrets import public_url
 from aggregator.sources.discover import Found, find_feed
 from aggregator.urls import is_http_url, normalize_url
 
-NEW_CONFIG = '# feeds.yaml: the feeds to poll. See README.md, "feeds.yaml reference".\nfeeds: []\n'
+NEW_CONFIG = "# feeds.yaml: the feeds to poll. Every key: `aggregator help feeds.yaml`\nfeeds: []\n"
 
 
 def _yaml() -> Any:
