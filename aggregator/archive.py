@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".aggregator"
 POSTS_DIR = "_posts"
 RSS_FILE, ATOM_FILE, JSON_FILE = "feed.xml", "atom.xml", "feed.json"  # the merged feed
+FEED_STYLESHEET = "feed.xsl"  # in assets/: how a browser shows the RSS and Atom feeds
 CHURN_LIMIT = 3  # rewrites per item for edits the source does not date
 SHRINK_LIMIT = 0.5  # an edit that leaves less than this share of a post is not taken
 
@@ -112,6 +113,15 @@ def lock_archive(root: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # also releases the lock
+
+
+def load_post(root: Path, path: str) -> Post:
+    """Read the post file ``path`` of the archive ``root`` back."""
+    full = root / path
+    try:
+        return read_post(full.read_text(encoding="utf-8"), path)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ArchiveError(f"{full}: unreadable post: {e}") from e
 
 
 def write_file_atomic(
@@ -509,11 +519,7 @@ class Archive:
 
     def read_post(self, path: str) -> Post:
         """Read one post file back (used by publish and reindex)."""
-        full = self.root / path
-        try:
-            return read_post(full.read_text(encoding="utf-8"), path)
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ArchiveError(f"{full}: unreadable post: {e}") from e
+        return load_post(self.root, path)
 
     def post_paths(self) -> Iterator[str]:
         """Every post file under ``_posts/``, relative to the archive, in order."""

@@ -47,6 +47,7 @@ class Observation:
     http_status: int | None = None
     hint: float | None = None  # seconds the server asked us to wait
     name: str | None = None  # the feed's own title
+    icon: str | None = None  # the feed's own icon
     validators: Validators | None = None  # to send next time (None: keep the old ones)
     moved_to: str | None = None  # every redirect was permanent: the feed lives there now
     gone: bool = False  # 410 Gone
@@ -109,6 +110,7 @@ def after_poll(
         next_poll=next_poll,
         moved_to=seen.moved_to or previous.moved_to,
         gone_settings=source.settings if seen.gone else None,
+        icon=seen.icon or previous.icon,
     )
 
 

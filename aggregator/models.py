@@ -76,7 +76,8 @@ KEEP_GLOBAL = "global"  # ItemRules.image_proxy: use the config's image_proxy
 
 @dataclass(frozen=True, slots=True)
 class ItemRules:
-    """Per-feed options of feeds.yaml that shape its posts (see README, "Per-feed options")."""
+    """Per-feed options of feeds.yaml that shape its posts (``aggregator help feeds.yaml``,
+    "Per-feed options")."""
 
     title: str = "{title}"  # template of the post title: {title}, {name}
     include: str | None = None  # regex on title and text: keep only matching items
@@ -220,6 +221,7 @@ class FeedStatus:
     next_poll: datetime | None = None  # None: not planned (gone, or never polled)
     moved_to: str | None = None  # the new URL after a permanent redirect
     gone_settings: str | None = None  # its FeedSource.settings when it answered 410 Gone
+    icon: str | None = None  # the feed's own icon (an http(s) URL), learned like its name
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +309,7 @@ class ParsedFeed:
     warning: str | None = None  # set when the feed was ill-formed but usable
     ttl: int | None = None  # RSS <ttl>, minutes
     total_entries: int = 0  # in the document; ``entries`` may keep only the newest
+    icon: str | None = None  # its small picture (Atom icon/logo, RSS image, JSON favicon)
 
 
 @dataclass(frozen=True, slots=True)

@@ -356,6 +356,7 @@ class Poller:
             http_status=fetched.status,
             hint=cache_hint(fetched.headers, prepared.ttl, self.clock()),
             name=name,
+            icon=prepared.icon,
             validators=fetched.validators,
             moved_to=fetched.moved_to,
         )

@@ -16,11 +16,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from xml.sax.saxutils import escape as xml_escape
 
 from feedgen.feed import FeedGenerator
 
 from aggregator import __version__
-from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE, Archive, write_file_atomic
+from aggregator.archive import (
+    ATOM_FILE,
+    FEED_STYLESHEET,
+    JSON_FILE,
+    RSS_FILE,
+    Archive,
+    write_file_atomic,
+)
 from aggregator.errors import ArchiveError
 from aggregator.models import Config, Episode, Media, Podcast, Post
 from aggregator.posts import LOCAL_MEDIA
@@ -107,7 +116,7 @@ def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
         tagged = _load_items(archive, records, known, config.link)
         paths += _write_feed(archive.root / TAGS_DIR / tag.slug, channel, tagged, now)
     install_site(archive.root)
-    write_site_data(config, archive.root, tags)
+    write_site_data(config, archive.root, tags, archive.state)
     archive.state.published()
     log.info("published items=%d tags=%d", len(items), len(tags))
     return paths
@@ -246,10 +255,26 @@ def _build_xml(
         _files(fe, item, atom)
         if podcast and not atom:
             _episode(fe, item)
+    document: bytes = fg.atom_str(pretty=True) if atom else fg.rss_str(pretty=True)
     if atom:
-        return _with_atom_enclosures(fg.atom_str(pretty=True), items)
-    result: bytes = fg.rss_str(pretty=True)
-    return result
+        document = _with_atom_enclosures(document, items)
+    return _with_stylesheet(document, channel.folder)
+
+
+def _with_stylesheet(document: bytes, folder: str) -> bytes:
+    """The feed with an ``xml-stylesheet`` instruction: a browser shows it as a page that
+    says how to subscribe (assets/feed.xsl of the site); readers ignore it. Its path is
+    the site's own (same origin, as browsers require of a stylesheet), from its root."""
+    path = urlsplit(folder).path
+    site_root = path.split(f"/{TAGS_DIR}/")[0].rstrip("/")
+    href = xml_escape(f"{site_root}/assets/{FEED_STYLESHEET}", {'"': "&quot;"})
+    instruction = f'<?xml-stylesheet type="text/xsl" href="{href}"?>\n'.encode()
+    declaration_end = document.find(b"?>") + 2 if document.startswith(b"<?xml") else 0
+    return b"%s\n%s%s" % (
+        document[:declaration_end],
+        instruction,
+        document[declaration_end:].lstrip(b"\n"),
+    )
 
 
 def _files(fe: Any, item: _Item, atom: bool) -> None:

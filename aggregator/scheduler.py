@@ -298,9 +298,11 @@ class Daemon:
     async def _open_control(self, root: Path) -> asyncio.Server:
         """Listen on the control socket (see :mod:`aggregator.control`)."""
         path = prepare_socket_path(root)
-        server = await asyncio.start_unix_server(self._answer, os.fspath(path), limit=MAX_REQUEST)
-        os.chmod(path, 0o600)
-        return server
+        private = os.umask(0o177)  # the socket is 0600 from its creation on
+        try:
+            return await asyncio.start_unix_server(self._answer, os.fspath(path), limit=MAX_REQUEST)
+        finally:
+            os.umask(private)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One request on the control socket: poll the feeds it names, answer each."""

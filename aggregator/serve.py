@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import html
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from gzip import compress as gzip_compress
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +35,46 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from aggregator import __version__
-from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE
+from aggregator.archive import ATOM_FILE, FEED_STYLESHEET, JSON_FILE, RSS_FILE, load_post
 from aggregator.errors import AggregatorError
-from aggregator.health import INDEX, PUBLISH, feed_rows, report
+from aggregator.health import INDEX, PUBLISH, report
 from aggregator.media import CONTENT_TYPES as MEDIA_TYPES
 from aggregator.metrics import CONTENT_TYPE, Metrics
-from aggregator.models import Config, FeedStatus
+from aggregator.models import Config, FeedStatus, Post
 from aggregator.posts import LOCAL_MEDIA
-from aggregator.site import TAGS_DIR, Tag, config_tags
+from aggregator.river import Excerpts, render_river
+from aggregator.site import TAGS_DIR, config_tags
 from aggregator.sources.opml import export_opml
 from aggregator.state import State
 from aggregator.timing import http_date
-from aggregator.urls import is_http_url
 
 FEED_TYPES = {
     RSS_FILE: "application/rss+xml; charset=utf-8",
     ATOM_FILE: "application/atom+xml; charset=utf-8",
     JSON_FILE: "application/feed+json; charset=utf-8",
 }
-HOME_ITEMS = 50
 GZIP_MIN_BYTES = 1000
+# The files of aggregator/site/assets/ the pages use (also written into the archive).
+ASSETS = {
+    "local-time.js": "text/javascript; charset=utf-8",
+    FEED_STYLESHEET: "text/xsl; charset=utf-8",
+}
+# The pages' own script and style only; pictures from anywhere (the feeds' own, or the
+# image proxy's); nothing may frame them.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+    "img-src 'self' http: https: data:; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def _feed_type(request: Request, name: str) -> str:
+    """A browser that navigates to an RSS or Atom feed (it asks for text/html first)
+    gets it as XML, which it renders through the feed's stylesheet; readers get the
+    feed's own type."""
+    if name != JSON_FILE and "text/html" in request.headers.get("accept", ""):
+        return "application/xml; charset=utf-8"
+    return FEED_TYPES[name]
+
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +150,10 @@ class Site:
     statuses: Callable[[], Mapping[str, FeedStatus]] | None = None  # None: read the index
     problems: Callable[[], Mapping[str, str]] = dict
     files: FileCache = field(default_factory=FileCache)
+    excerpts: Excerpts = field(default_factory=Excerpts)
+
+    def archive_post(self, path: str) -> Post:
+        return load_post(self.config.archive, path)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -200,7 +223,7 @@ def _accepts_gzip(request: Request) -> bool:
     return False
 
 
-def make_app(site: Site) -> Starlette:
+def make_app(site: Site) -> Starlette:  # noqa: PLR0915 -- every route in one place
     async def feed_file(request: Request) -> Response:
         name = request.url.path.rsplit("/", 1)[1]
         path = site.config.archive / name
@@ -214,7 +237,7 @@ def make_app(site: Site) -> Starlette:
             try:
                 version = site.files.version(path)
                 headers = _validators(version.etag, version.modified, site.cache_seconds)
-                headers["Vary"] = "Accept-Encoding"
+                headers["Vary"] = "Accept-Encoding, Accept"
                 if _fresh(request, version.etag, version.modified):
                     return Response(status_code=304, headers=headers)
                 got = site.files.body(path, version, gzip)
@@ -227,7 +250,7 @@ def make_app(site: Site) -> Starlette:
             body, compressed = got
             if compressed:  # the GZip middleware leaves an encoded body alone
                 headers["Content-Encoding"] = "gzip"
-            return Response(body, media_type=FEED_TYPES[name], headers=headers)
+            return Response(body, media_type=_feed_type(request, name), headers=headers)
         return Response(f"{name} is being rewritten; try again\n", 503)
 
     async def opml(request: Request) -> Response:
@@ -236,18 +259,27 @@ def make_app(site: Site) -> Starlette:
             request, body, "text/x-opml; charset=utf-8", site.clock(), site.cache_seconds
         )
 
-    async def home(request: Request) -> Response:
-        body = render_home(site).encode()
-        return _conditional(request, body, "text/html; charset=utf-8", site.clock(), 60)
-
-    async def tag_page(request: Request) -> Response:
-        tag = next(
-            (t for t in config_tags(site.config) if t.slug == request.path_params["slug"]), None
+    async def river(request: Request) -> Response:
+        tag, slug = None, request.path_params.get("slug")
+        if slug is not None:
+            tag = next((t for t in config_tags(site.config) if t.slug == slug), None)
+            if tag is None:
+                return Response("No such tag in feeds.yaml.\n", 404)
+        page = render_river(site, tag, request.path_params.get("number", 1))
+        if page is None:
+            return Response("No such page.\n", 404)
+        response = _conditional(
+            request, page.encode(), "text/html; charset=utf-8", site.clock(), 60
         )
-        if tag is None:
-            return Response("No such tag in feeds.yaml.\n", 404)
-        body = render_home(site, tag).encode()
-        return _conditional(request, body, "text/html; charset=utf-8", site.clock(), 60)
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+        return response
+
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in ASSETS:
+            return Response("Not found.\n", 404)
+        body = (resources.files("aggregator") / "site" / "assets" / name).read_bytes()
+        return _conditional(request, body, ASSETS[name], site.clock(), site.cache_seconds)
 
     async def healthz(request: Request) -> Response:
         # 200 either way: the process is alive; "degraded" says what needs attention.
@@ -288,9 +320,12 @@ def make_app(site: Site) -> Starlette:
     routes = [Route(f"/{name}", feed_file) for name in FEED_TYPES]
     routes += [Route(f"/{TAGS_DIR}/{{slug}}/{name}", feed_file) for name in FEED_TYPES]
     routes += [
-        Route(f"/{TAGS_DIR}/{{slug}}/", tag_page),
+        Route(f"/{TAGS_DIR}/{{slug}}/", river),
+        Route(f"/{TAGS_DIR}/{{slug}}/page/{{number:int}}/", river),
         Route("/opml.xml", opml),
-        Route("/", home),
+        Route("/", river),
+        Route("/page/{number:int}/", river),
+        Route("/assets/{name}", asset),
         Route("/healthz", healthz),
         Route("/media/{folder}/{name}", kept_file),
         Route("/metrics", metrics),
@@ -300,76 +335,6 @@ def make_app(site: Site) -> Starlette:
         middleware=[Middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES)],
         exception_handlers={AggregatorError: unavailable},
     )
-
-
-def render_home(site: Site, tag: Tag | None = None) -> str:
-    """The home page: subscribe links (discoverable), newest items, tags, sources and
-    health; or, for ``tag``, the same for that tag's feeds."""
-    cfg, e = site.config, html.escape
-    tags = config_tags(cfg)
-    title = f"{cfg.title}: {tag.name}" if tag else cfg.title
-    prefix = f"/{TAGS_DIR}/{tag.slug}/" if tag else "/"
-    items = []
-    feeds = tag.feed_urls if tag else None
-    for record in site.state.newest(min(cfg.max_items, HOME_ITEMS), feeds=feeds):
-        name = e(record.title)
-        link = f'<a href="{e(record.link)}">{name}</a>' if record.link else name
-        items.append(f"<li>{link} <small>{record.archived:%Y-%m-%d %H:%M} UTC</small></li>")
-    sources = []
-    for row in feed_rows(cfg, site.feed_statuses(), site.clock()):
-        if tag and row.url not in tag.feed_urls:
-            continue
-        status = row.status
-        state = (status.outcome if status else None) or "not polled yet"
-        if not row.health.ok:
-            state = row.health.describe()
-        last = status.last_poll.isoformat() if status and status.last_poll else ""
-        link = e(row.url) if is_http_url(row.url) else ""
-        sources.append(
-            f'<tr><td><a href="{link}">{e(row.name)}</a></td>'
-            f"<td>{e(state)}</td><td>{e(last)}</td></tr>"
-        )
-    alternates = "\n".join(
-        f'<link rel="alternate" type="{kind}" title="{e(title)} ({label})" href="{prefix}{name}">'
-        for name, kind, label in (
-            (ATOM_FILE, "application/atom+xml", "Atom"),
-            (RSS_FILE, "application/rss+xml", "RSS"),
-            (JSON_FILE, "application/feed+json", "JSON Feed"),
-        )
-    )
-    tag_links = " · ".join(
-        f'<a href="/{TAGS_DIR}/{t.slug}/">{e(t.name)}</a> '
-        f'(<a href="/{TAGS_DIR}/{t.slug}/atom.xml">Atom</a>, '
-        f'<a href="/{TAGS_DIR}/{t.slug}/feed.xml">RSS</a>, '
-        f'<a href="/{TAGS_DIR}/{t.slug}/feed.json">JSON</a>)'
-        for t in tags
-    )
-    back = '<p><a href="/">← all feeds</a></p>' if tag else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(title)}</title>
-{alternates}
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem}}
-td{{padding:.2rem .6rem;vertical-align:top}}small{{color:#666}}</style>
-</head><body>
-{back}<h1>{e(title)}</h1>
-<p>{e(cfg.description)}</p>
-<p>Subscribe: <a href="{prefix}atom.xml">Atom</a> · <a href="{prefix}feed.xml">RSS</a> ·
-<a href="{prefix}feed.json">JSON Feed</a> · sources as <a href="/opml.xml">OPML</a></p>
-{f"<p>By tag: {tag_links}</p>" if tag_links and not tag else ""}
-<h2>Newest items</h2>
-<ul>
-{chr(10).join(items) or "<li>Nothing archived yet.</li>"}
-</ul>
-<h2>Sources</h2>
-<table>
-<tr><th>Feed</th><th>Last poll</th><th>When</th></tr>
-{chr(10).join(sources)}
-</table>
-<p><small>aggregator {__version__}</small></p>
-</body></html>
-"""
 
 
 class _Server(uvicorn.Server):

@@ -8,6 +8,7 @@ when feeds.yaml changes; a tag that leaves feeds.yaml takes its folder with it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE, write_file_atomic
+from aggregator.archive import ATOM_FILE, FEED_STYLESHEET, JSON_FILE, RSS_FILE, write_file_atomic
 from aggregator.models import Config, Podcast
 from aggregator.posts import slugify, yaml_quoted
+from aggregator.state import State
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +28,17 @@ SITE_FILES = (
     "_config.yml",
     "_layouts/default.html",
     "_layouts/post.html",
+    "_layouts/river.html",
     "_layouts/tag.html",
     "index.html",
+    "assets/local-time.js",
+    f"assets/{FEED_STYLESHEET}",
 )
 TAGS_DIR = "tags"
 DATA_FILE = "_data/aggregator.yml"
 TAG_PAGE = "index.html"
+PAGES_DIR = "page"  # page/2/index.html, ...: the river's later pages (home and tags)
+PER_PAGE = 25  # posts a page of the river, on the site and the daemon's pages alike
 _TAG_FILES = (TAG_PAGE, RSS_FILE, ATOM_FILE, JSON_FILE)  # what a tag folder may hold of ours
 
 
@@ -69,15 +76,20 @@ def config_tags(config: Config) -> list[Tag]:
 # SHA-256 of the versions of the site files that earlier releases wrote. A file still
 # exactly as shipped was not edited by the user, so it is brought up to date: the post
 # layouts that linked any `from:` containing "://" (a javascript:// GUID included), then
-# that showed no player, picture, author or category; the _config.yml that let Jekyll
-# hide posts dated after the build.
+# that showed no player, picture, author or category, then the title three times and the
+# source date as raw text; the _config.yml that let Jekyll hide posts dated after the
+# build; the home, tag and default layouts of bare lists of titles.
 _SHIPPED_BEFORE = {
     "_config.yml": {"fb9091f35e6e6489aca81926aee8313d154ae7705ce3468066473df1a0c24228"},
+    "_layouts/default.html": {"c9d82bda882e187cccfec52a1bbf14841268c39f7670e2ada6391b926312e8b3"},
     "_layouts/post.html": {
         "a16f6d59c93a3e55bc42a665e3c4dc34e48135d893afe9720c4273d360c2b647",
         "fcd08894a2467f9cc76863f058a24722b0bcec22ca57ad1e3fa131386c32ea5f",
         "83cdcf03d52ab50f2c5fab060610001711f467f25c3f7bc09ad20ed8b977ccef",
+        "8e5671d059064c8a9159647124e89212b691b1bc04f25514ee28dfb378d6dd88",
     },
+    "_layouts/tag.html": {"3774c019e7cf6968c2c6ed9c2f4e2782d23f4bfbbb9f58586a319bf12c247ea1"},
+    "index.html": {"4e150ff6b106cc6c6c276d08eb55461c052ab19a76fc753c8201e87462eeb998"},
 }
 
 
@@ -104,14 +116,19 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_site_data(config: Config, root: Path, tags: list[Tag]) -> None:
-    """``_data/aggregator.yml`` and one page per tag, rewritten only when they change."""
+def write_site_data(config: Config, root: Path, tags: list[Tag], state: State) -> None:
+    """``_data/aggregator.yml``, one page per tag and the river's later pages (home and
+    tags), rewritten only when they change."""
+    names = state.feed_names()
+    icons = {names[url]: s.icon for url, s in state.statuses().items() if s.icon and url in names}
     data = {
         "title": config.title,
         "description": config.description,
         "link": config.link,
         "max_items": config.max_items,
+        "per_page": PER_PAGE,
         "tags": [{"name": t.name, "slug": t.slug} for t in tags],
+        "icons": dict(sorted(icons.items())),
     }
     if config.image_proxy:
         data["image_proxy"] = config.image_proxy  # the post layout's pictures use it too
@@ -130,7 +147,25 @@ def write_site_data(config: Config, root: Path, tags: list[Tag]) -> None:
             "---\n"
         )
         _write_if_changed(root / TAGS_DIR / tag.slug / TAG_PAGE, page.encode())
+        _write_pages(root / TAGS_DIR / tag.slug, page, state.count(feeds=tag.feed_urls))
+    _write_pages(root, "---\nlayout: river\n---\n", state.count())
     remove_stale_tags(root, {t.slug for t in tags})
+
+
+def _write_pages(folder: Path, front: str, posts: int) -> None:
+    """``folder/page/N/index.html`` for every page after the first of ``posts`` posts
+    (the front matter of the first, plus its number); those beyond are removed."""
+    pages = max(1, -(-posts // PER_PAGE))
+    for number in range(2, pages + 1):
+        text = front.removesuffix("---\n") + f"number: {number}\n---\n"
+        _write_if_changed(folder / PAGES_DIR / str(number) / TAG_PAGE, text.encode())
+    beyond = folder / PAGES_DIR
+    if beyond.is_dir():
+        for sub in beyond.iterdir():
+            if sub.name.isdigit() and int(sub.name) > pages and not sub.is_symlink():
+                (sub / TAG_PAGE).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # the user put something else there
+                    sub.rmdir()
 
 
 def remove_stale_tags(root: Path, keep: set[str]) -> None:
@@ -143,6 +178,9 @@ def remove_stale_tags(root: Path, keep: set[str]) -> None:
             continue
         for name in _TAG_FILES:
             (sub / name).unlink(missing_ok=True)
+        _write_pages(sub, "", 0)  # its later pages
+        with contextlib.suppress(OSError):
+            (sub / PAGES_DIR).rmdir()
         try:
             sub.rmdir()
         except OSError:  # the user put something else there: leave it

@@ -45,7 +45,8 @@ _SCHEMA = (
     next_poll      TEXT,          -- when the daemon polls it next
     moved_to       TEXT,          -- new URL after a permanent redirect
     gone_settings  TEXT,          -- its feeds.yaml settings when it answered 410 Gone
-    local_errors   INTEGER NOT NULL DEFAULT 0   -- of error_count, failed on this side
+    local_errors   INTEGER NOT NULL DEFAULT 0,  -- of error_count, failed on this side
+    icon           TEXT           -- the feed's own icon, learned like its name
 )""",
     """CREATE TABLE IF NOT EXISTS items (
     key        TEXT PRIMARY KEY,  -- normalized source URL, GUID or content hash
@@ -77,7 +78,7 @@ _SCHEMA = (
 # Columns later schemas added to the tables of earlier ones (``unfinished`` came without
 # a new version: older releases leave it at its default).
 _ADDED = {
-    "feeds": {"local_errors": "INTEGER NOT NULL DEFAULT 0"},
+    "feeds": {"local_errors": "INTEGER NOT NULL DEFAULT 0", "icon": "TEXT"},
     "items": {
         "author": "TEXT",
         "digest": "TEXT",
@@ -186,7 +187,7 @@ def _rekey(db: sqlite3.Connection) -> None:
 
 _FEED_COLUMNS = (
     "url, name, etag, last_modified, last_poll, last_outcome, last_error, http_status,"
-    " error_count, next_poll, moved_to, gone_settings, local_errors"
+    " error_count, next_poll, moved_to, gone_settings, local_errors, icon"
 )
 
 
@@ -214,7 +215,16 @@ def _status(row: tuple[Any, ...]) -> FeedStatus:
         moved_to=row[10],
         gone_settings=row[11],
         local_errors=row[12] or 0,
+        icon=row[13],
     )
+
+
+def _only(feeds: Iterable[str] | None) -> tuple[str, list[str]]:
+    """A condition on items' feeds (only "?" placeholders: the values are bound)."""
+    if feeds is None:
+        return "", []
+    values = list(feeds)
+    return f" AND feed_url IN ({','.join('?' * len(values))})", values
 
 
 def _status_row(s: FeedStatus) -> tuple[object, ...]:
@@ -232,6 +242,7 @@ def _status_row(s: FeedStatus) -> tuple[object, ...]:
         s.moved_to,
         s.gone_settings,
         s.local_errors,
+        s.icon,
     )
 
 
@@ -254,6 +265,9 @@ class State:
                 self._old = self._db.execute("PRAGMA user_version").fetchone()[0] < 2
                 if self._old:
                     self._columns = _FEED_COLUMNS.replace("local_errors", "0")
+                have = {row[1] for row in self._db.execute("PRAGMA table_info(feeds)")}
+                if "icon" not in have:  # (written by an earlier release)
+                    self._columns = self._columns.replace(", icon", ", NULL")
                 if self._db.execute("PRAGMA user_version").fetchone()[0] < 3:
                     self._items = _ITEM_COLUMNS.replace("link", "key")  # keys were links
                 return
@@ -373,7 +387,7 @@ class State:
 
     def save_statuses(self, statuses: Iterable[FeedStatus]) -> None:
         """Store feeds' statuses (each replaces what was stored of its feed)."""
-        marks = ", ".join("?" * 13)
+        marks = ", ".join("?" * 14)
         self._write(
             f"INSERT OR REPLACE INTO feeds ({_FEED_COLUMNS}) VALUES ({marks})",  # noqa: S608
             (_status_row(s) for s in statuses),
@@ -558,26 +572,28 @@ class State:
         """(key, path) of items whose write may have been interrupted."""
         return self._read("SELECT key, path FROM items WHERE pending = 1")
 
-    def newest(self, limit: int, feeds: Iterable[str] | None = None) -> list[ItemRecord]:
-        """The ``limit`` archived items that lead the merged feed (of ``feeds`` only, if given)."""
-        only, values = "", []
-        if feeds is not None:
-            values = list(feeds)
-            only = f" AND feed_url IN ({','.join('?' * len(values))})"
-        # Only "?" placeholders are interpolated; the values are bound.
+    def newest(
+        self, limit: int, feeds: Iterable[str] | None = None, offset: int = 0
+    ) -> list[ItemRecord]:
+        """The ``limit`` archived items that lead the merged feed (of ``feeds`` only, if
+        given), after the first ``offset`` (the pages of a river of news)."""
+        only, values = _only(feeds)
         query = (
             f"SELECT {self._items} FROM items WHERE pending = 0"  # noqa: S608
             + only
-            + " ORDER BY sort_date DESC, key LIMIT ?"
+            + " ORDER BY sort_date DESC, key LIMIT ? OFFSET ?"
         )
-        return [_item(r) for r in self._read(query, (*values, limit))]
+        return [_item(r) for r in self._read(query, (*values, limit, offset))]
 
     def items(self) -> list[ItemRecord]:
         rows = self._read(f"SELECT {self._items} FROM items WHERE pending = 0 ORDER BY key")  # noqa: S608
         return [_item(r) for r in rows]
 
-    def count(self) -> int:
-        return int(self._read("SELECT count(*) FROM items WHERE pending = 0")[0][0])
+    def count(self, feeds: Iterable[str] | None = None) -> int:
+        """Archived items (of ``feeds`` only, if given)."""
+        only, values = _only(feeds)
+        query = "SELECT count(*) FROM items WHERE pending = 0" + only  # noqa: S608
+        return int(self._read(query, tuple(values))[0][0])
 
     def has_items(self) -> bool:
         """Whether anything is indexed, pending or not (cheap, whatever the size)."""

@@ -16,11 +16,11 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 from aggregator.errors import ParseError
-from aggregator.models import ItemRules, Post
+from aggregator.models import Entry, ItemRules, Post
 
 if TYPE_CHECKING:
     from aggregator.fulltext import PageJob
@@ -54,6 +54,7 @@ class Prepared:
     entries: int  # entries in the document
     posts: tuple[Post, ...]  # the considered entries, oldest first
     filtered: int = 0  # entries dropped by the feed's include/exclude rules
+    icon: str | None = None  # the feed's own icon
 
 
 def prepare(job: Job) -> Prepared:
@@ -72,13 +73,14 @@ def prepare(job: Job) -> Prepared:
     shaped = (
         entries if job.rules == ItemRules() else [apply_rules(e, job.rules, name) for e in entries]
     )
+    stamps = archive_times(entries, job.archived)
     posts = tuple(
         make_post(
             entry,
             feed_url=job.feed_url,
             name=name,
             tags=job.tags,
-            archived=job.archived,
+            archived=stamp,
             site_link=site,
             image_proxy=job.image_proxy,
             identity=identity,
@@ -86,15 +88,33 @@ def prepare(job: Job) -> Prepared:
             placed=newest_date,
             keep_content=job.keep_content,
         )
-        for entry, (identity, digest) in zip(shaped, identities, strict=True)
+        for entry, (identity, digest), stamp in zip(shaped, identities, stamps, strict=True)
         if entry is not None
     )
     filtered = len(shaped) - len(posts)
-    prepared = Prepared(name, parsed.warning, parsed.ttl, parsed.total_entries, posts, filtered)
+    prepared = Prepared(
+        name, parsed.warning, parsed.ttl, parsed.total_entries, posts, filtered, parsed.icon
+    )
     if len(job.content) > HEAVY_BODY:
         del parsed, shaped
         release_memory()
     return prepared
+
+
+def archive_times(entries: list[Entry], moment: datetime) -> list[datetime]:
+    """When each entry of one poll is archived: ``moment``, but for dated entries older
+    than the newest, which are archived a second earlier each, in the order of their own
+    dates. A Jekyll site orders posts by their archive time to the second (then by file
+    name): so it shows a feed's items newest first when many arrive at once. (Undated
+    entries keep ``moment``: the merged feed places them by their archive time.)"""
+    dated = sorted(
+        (i for i, e in enumerate(entries) if e.published is not None),
+        key=lambda i: entries[i].published or moment,
+    )
+    stamps = [moment] * len(entries)
+    for rank, index in enumerate(dated):
+        stamps[index] = moment - timedelta(seconds=len(dated) - 1 - rank)
+    return stamps
 
 
 def extract(job: PageJob) -> str | None:

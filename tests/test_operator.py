@@ -167,6 +167,9 @@ def test_poll_and_refresh_ask_the_running_daemon(tmp_path: Path, farm: Farm) -> 
             "1 feeds: 2 new items, 0 failed; polled by the running daemon",
         ]
         wait_for(lambda: len(daemon.atom_titles()) == 3, "the refreshed feed in /atom.xml")
+        # Only the daemon's user may ask: the socket is private.
+        socket_file = tmp_path / "archive" / ".aggregator" / "control.sock"
+        assert socket_file.is_socket() and socket_file.stat().st_mode & 0o777 == 0o600
         # `poll` of every feed goes through the daemon too (cron beside a daemon), -q quiet.
         hits = len(farm.requests_to("/a"))
         run = aggregator("poll", "-q", "-c", str(config))
@@ -188,3 +191,40 @@ def test_poll_and_refresh_ask_the_running_daemon(tmp_path: Path, farm: Farm) -> 
     farm.routes["/a"] = Answer(200, rss(items("a", 2), title="Feed a"))
     run = aggregator("refresh", "Source A", "-c", str(config))
     assert run.returncode == 0 and "Source A" in run.stdout and "new 1" in run.stdout
+
+
+def test_on_a_terminal_a_progress_bar_and_coloured_problems(tmp_path: Path, farm: Farm) -> None:
+    import pty
+    import subprocess
+    import sys
+
+    config = two_feeds(tmp_path, farm)
+    leader, follower = pty.openpty()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "aggregator", "poll", "-c", str(config)],
+            stdout=subprocess.PIPE, stderr=follower, timeout=120, check=False,
+            env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "160"},
+        )  # fmt: skip
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # (EIO: the terminal's other end is closed and drained)
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    screen = shown.decode(errors="replace")
+    assert run.returncode == 1
+    # the bar: feeds done of all, items archived so far, the rate
+    assert "2/2" in screen and "2 new" in screen and "feeds/s" in screen, screen
+    # the failing feed's warning, in yellow, and only the level's colour on it
+    assert "\x1b[33mpoll feed=Flaky" in screen, screen
+    assert "\x1b[" not in run.stdout.decode()  # the results themselves are plain text

@@ -17,7 +17,9 @@ from typing import Any
 
 from aggregator.models import Entry, Episode, Media, ParsedFeed, newest
 from aggregator.sanitize import html_to_text, xml_safe
-from aggregator.urls import resolve_url
+from aggregator.urls import is_http_url, resolve_url
+
+MAX_ICON_URL = 2000
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -41,7 +43,20 @@ def parsed_feed(
         warning=warning,
         ttl=_ttl(feed.get("ttl")),
         total_entries=total,
+        icon=feed_icon(
+            (feed.get("icon"), (feed.get("image") or {}).get("href"), feed.get("logo")), url
+        ),
     )
+
+
+def feed_icon(candidates: Iterable[object], base: str) -> str | None:
+    """The first of ``candidates`` that is an http(s) URL (relative ones resolved)."""
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate.strip():
+            icon = resolve_url(candidate.strip(), base)
+            if icon and is_http_url(icon) and len(icon) <= MAX_ICON_URL:
+                return icon
+    return None
 
 
 def struct_date(parsed: Any) -> datetime | None:

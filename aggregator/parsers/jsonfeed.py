@@ -9,7 +9,7 @@ from typing import Any
 
 from aggregator.errors import ParseError
 from aggregator.models import Entry, ParsedFeed, newest
-from aggregator.parsers.common import media, names, unique_files
+from aggregator.parsers.common import feed_icon, media, names, unique_files
 from aggregator.sanitize import xml_safe
 from aggregator.urls import resolve_url
 
@@ -43,6 +43,7 @@ def parse_json_feed(content: bytes, url: str, max_entries: int | None = None) ->
         link=resolve_url(home, url) if home else None,
         entries=tuple(entries),
         total_entries=total,
+        icon=feed_icon((_json_str(data, "favicon"), _json_str(data, "icon")), url),
     )
 
 

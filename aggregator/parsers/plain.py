@@ -344,6 +344,8 @@ def _plain_atom(root: Any, url: str, limit: int | None) -> dict[str, Any]:
             _atom_link(element, url, feed)
         elif tag == _A + "id":
             _id_as_link(_uri_of(element, url), feed)
+        elif tag in (_A + "icon", _A + "logo") and not len(element):
+            feed.setdefault(tag[len(_A) :], _uri_of(element, url))
         else:
             _check_ignored(element)
     chosen = _selected(items, _ATOM_ENTRY, (_A + "published", _A + "updated"), limit)
