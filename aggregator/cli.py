@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -129,7 +130,6 @@ def poll(args: argparse.Namespace) -> int:
       aggregator poll "BBC World" https://example.org/feed.xml
     """
     from aggregator.archive import ArchiveLocked, lock_archive  # noqa: PLC0415
-    from aggregator.pipeline import run_pass  # noqa: PLC0415
 
     cfg = _load(args.config)
     only = _chosen(cfg, args.feeds)
@@ -137,6 +137,8 @@ def poll(args: argparse.Namespace) -> int:
     _setup_logging(args, progress.console if progress else None)
     try:
         with lock_archive(cfg.archive):
+            from aggregator.pipeline import run_pass  # noqa: PLC0415 -- not to ask the daemon
+
             if progress is not None:
                 with progress:
                     outcome = run_pass(
@@ -151,6 +153,8 @@ def poll(args: argparse.Namespace) -> int:
         raise _fail(e) from None
     published = f"; published {cfg.archive}" if outcome.published else ""
     if outcome.skipped:
+        if args.quiet:  # (stopped on purpose: nothing failed)
+            return EXIT_OK
         print(
             f"stopped early: {len(outcome.results)} of {len(outcome.results) + outcome.skipped}"
             f" feeds polled, {outcome.new} new items{published}"
@@ -191,8 +195,11 @@ def _chosen(cfg: Config, wanted: list[str]) -> set[str] | None:
         found = {
             f.url
             for f in cfg.feeds
-            if text in (f.url, f.fetch_url)
-            or key in {(f.name or "").casefold(), learned.get(f.url, "").casefold()}
+            if key  # (an empty name names nothing)
+            and (
+                text in (f.url, f.fetch_url)
+                or key in {(f.name or "").casefold(), learned.get(f.url, "").casefold()}
+            )
         }
         chosen |= found
         if not found:
@@ -210,9 +217,14 @@ def _poll_by_daemon(cfg: Config, only: set[str] | None, quiet: bool, locked: Exc
 
     answers = ask_daemon(cfg.archive, sorted(only) if only is not None else None)
     if answers is None:  # another `poll`, or a daemon without a control socket
-        print(f"error: {locked}", file=sys.stderr)
+        print(
+            f"error: {locked}; it takes no poll requests (another `poll`, a daemon still "
+            "starting, or one without a control socket: see its log)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     rows = []
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C
     try:
         for answer in answers:
             if "refused" in answer:
@@ -223,7 +235,11 @@ def _poll_by_daemon(cfg: Config, only: set[str] | None, quiet: bool, locked: Exc
                 rows.append((*row, answer.get("error")))
     except AggregatorError as e:
         raise _fail(e) from None
-    failed = _print_polls(rows, quiet, "; polled by the running daemon")
+    except KeyboardInterrupt:
+        if not quiet:
+            print(f"stopped waiting after {len(rows)} feeds: the daemon finishes the polls")
+        return EXIT_OK
+    failed = _print_polls(rows, quiet, "; polled by the running daemon (it publishes them)")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -400,8 +416,8 @@ def status(args: argparse.Namespace) -> int:
         )
     code = EXIT_FAILED if troubled else EXIT_OK
     if args.json:
-        summary = {"status": "degraded" if troubled else "ok", "feeds": len(rows)}
-        summary |= {"troubled": len(troubled), "checked": now.isoformat(timespec="seconds")}
+        summary = {"status": "degraded" if troubled else "ok", "troubled": len(troubled)}
+        summary["checked"] = now.isoformat(timespec="seconds")
         print(json.dumps({**summary, "feeds": feeds}, ensure_ascii=False, indent=2))
         return code
     header = ("name", "url", "last poll (UTC)", "outcome", "new 24h", "errors", "next poll (UTC)")
@@ -637,7 +653,7 @@ def init(args: argparse.Namespace) -> int:
     config = folder / "feeds.yaml"
     if config.exists():
         print(f"error: {config} exists already: `aggregator check -c {config}`", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_CONFIG
     try:
         template = (resources.files("aggregator") / "help" / "feeds.yaml").read_bytes()
         write_file_atomic(config, template)

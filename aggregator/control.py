@@ -4,9 +4,9 @@ While ``aggregator run`` holds the archive, a one-off ``poll`` cannot write it; 
 connects to a Unix socket the daemon listens on and asks it to poll feeds now (whatever
 their schedule or back-off), then prints each result as the daemon reports it.
 
-- Where: ``archive/.aggregator/control.sock``; when that path is too long for a Unix
-  socket (about 100 bytes), ``$XDG_RUNTIME_DIR`` (else the temp folder) under a folder
-  of our own, mode 0700, named after the archive's path.
+- Where: ``archive/.aggregator/control.sock``. A Unix socket's address holds about 100
+  bytes: a longer path is reached through the folder's descriptor
+  (``/proc/self/fd/N/control.sock``, on Linux), so client and daemon always agree.
 - Who: the socket is mode 0600, so only the daemon's user (and root) can ask.
 - What: one JSON line ``{"poll": [feed URLs] | null}`` (null: every feed); the answer is
   one JSON line a feed as it finishes (``url``, ``name``, ``outcome``, ``new``,
@@ -16,12 +16,9 @@ their schedule or back-off), then prints each result as the daemon reports it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
-import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,27 +33,43 @@ ANSWER_TIMEOUT = 600.0  # seconds without a line from the daemon before giving u
 
 
 def socket_path(root: Path) -> Path:
-    """Where the daemon of the archive ``root`` listens."""
-    path = Path(os.path.abspath(root)) / STATE_DIR / SOCKET_NAME
+    """The daemon's control socket for the archive ``root``."""
+    return Path(os.path.abspath(root)) / STATE_DIR / SOCKET_NAME
+
+
+@contextlib.contextmanager
+def _address(path: Path) -> Iterator[str]:
+    """An address for ``path`` that fits a Unix socket: itself, or the same file through
+    a descriptor of its folder."""
     if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
-        return path
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    digest = hashlib.sha256(os.fsencode(os.path.abspath(root))).hexdigest()[:24]
-    return base / f"aggregator-{os.getuid()}" / f"{digest}.sock"
+        yield os.fspath(path)
+        return
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{folder}/{path.name}"
+    finally:
+        os.close(folder)
 
 
-def prepare_socket_path(root: Path) -> Path:
-    """The socket's path, its folder made (private when it is not the archive's), and a
-    stale socket of an earlier daemon removed (the caller holds the archive's lock)."""
+def listen(root: Path) -> socket.socket:
+    """The daemon's listening socket (mode 0600); a socket left by an earlier daemon is
+    replaced (the caller holds the archive's lock). OSError if it cannot be made."""
     path = socket_path(root)
-    if path.parent.name != STATE_DIR:
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        st = path.parent.lstat()
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise AggregatorError(f"{path.parent} is not a private folder of this user")
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    return path
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with _address(path) as address:
+            private = os.umask(0o177)  # 0600 from its creation on (no await in between)
+            try:
+                server.bind(address)
+            finally:
+                os.umask(private)
+        server.listen(16)
+    except OSError:
+        server.close()
+        raise
+    return server
 
 
 def ask_daemon(root: Path, urls: list[str] | None) -> Iterator[dict[str, Any]] | None:
@@ -65,7 +78,8 @@ def ask_daemon(root: Path, urls: list[str] | None) -> Iterator[dict[str, Any]] |
     path = socket_path(root)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn.connect(os.fspath(path))
+        with _address(path) as address:
+            conn.connect(address)
     except OSError:
         conn.close()
         return None

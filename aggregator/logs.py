@@ -20,6 +20,8 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from aggregator.secrets import scrub
+
 FIELDS = "fields"  # the attribute of a record that holds its fields
 _RENAMED = (  # library loggers → ours (first match, by prefix)
     ("uvicorn.access", "aggregator.http.access"),
@@ -55,7 +57,12 @@ class Namespace(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message, the record's fields."""
+    """One JSON object a line: time, level, logger, message, the record's fields; under
+    journald, preceded by the line's priority (which journald takes off)."""
+
+    def __init__(self, priority: bool = False) -> None:
+        super().__init__()
+        self.priority = priority
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -65,12 +72,21 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in getattr(record, FIELDS, {}).items():
-            entry.setdefault(key, value if isinstance(value, int | float | bool) else str(value))
+            plain = isinstance(value, int | float | bool)
+            entry.setdefault(key, value if plain else scrub(str(value)))
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         elif record.exc_text:  # (formatted, and scrubbed, already)
             entry["traceback"] = record.exc_text
-        return json.dumps(entry, ensure_ascii=False)
+        line = json.dumps(entry, ensure_ascii=False)
+        return f"<{_priority(record.levelno)}>{line}" if self.priority else line
+
+
+def _priority(level: int) -> int:
+    found = _PRIORITY.get(level)
+    if found is None:
+        return 2 if level > logging.ERROR else 7
+    return found
 
 
 class JournalFormatter(logging.Formatter):
@@ -80,9 +96,7 @@ class JournalFormatter(logging.Formatter):
         super().__init__("%(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        priority = _PRIORITY.get(record.levelno)
-        if priority is None:
-            priority = 2 if record.levelno > logging.ERROR else 7
+        priority = _priority(record.levelno)
         # every line of a traceback carries the priority, or journald shows them as info
         return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
 
@@ -126,9 +140,10 @@ def wants_colour(stream: IO[str]) -> bool:
 
 def formatter_for(fmt: str, stream: IO[str] = sys.stderr) -> logging.Formatter:
     """The formatter of ``--log-format`` ``fmt`` for lines written to ``stream``."""
+    journal = under_journald(stream)
     if fmt == "json":
-        return JsonFormatter()
-    if under_journald(stream):
+        return JsonFormatter(priority=journal)
+    if journal:
         return JournalFormatter()
     return TextFormatter(colour=wants_colour(stream))
 

@@ -51,19 +51,21 @@ td,th{padding:.2rem .6rem;vertical-align:top;text-align:left}
 
 
 class Excerpts:
-    """Each post's excerpt and picture, read once from its file (bounded in memory)."""
+    """Each post's excerpt and picture, read once from each version of its file (an edit
+    at the source rewrites it in place), bounded in memory."""
 
     def __init__(self) -> None:
-        self._known: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        self._known: OrderedDict[tuple[str, int], tuple[str, str | None]] = OrderedDict()
 
     def of(self, site: Site, record: ItemRecord) -> tuple[str, str | None]:
-        found = self._known.get(record.path)
-        if found is not None:
-            self._known.move_to_end(record.path)
-            return found
         try:
+            version = (record.path, (site.config.archive / record.path).stat().st_mtime_ns)
+            found = self._known.get(version)
+            if found is not None:
+                self._known.move_to_end(version)
+                return found
             post = site.archive_post(record.path)
-        except AggregatorError:  # moved or damaged since: the title is enough
+        except (OSError, AggregatorError):  # moved or damaged since: the title is enough
             return "", None
         words = html_to_text(post.content).split()
         excerpt = " ".join(words[:EXCERPT_WORDS]) + (" …" if len(words) > EXCERPT_WORDS else "")
@@ -73,7 +75,7 @@ class Excerpts:
             picture = html.unescape(first.group(1)) if first else None
         elif picture and is_http_url(picture) and site.config.image_proxy:
             picture = proxy_image(picture, site.config.image_proxy)
-        self._known[record.path] = found = (excerpt, picture if _shown(picture) else None)
+        self._known[version] = found = (excerpt, picture if _shown(picture) else None)
         if len(self._known) > _CACHED:
             self._known.popitem(last=False)
         return found

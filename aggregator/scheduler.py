@@ -30,7 +30,7 @@ from apscheduler.triggers.date import DateTrigger
 
 from aggregator.archive import Archive, lock_archive, publish_due
 from aggregator.config import load_config
-from aggregator.control import MAX_REQUEST, prepare_socket_path
+from aggregator.control import MAX_REQUEST, listen
 from aggregator.control import socket_path as control_path
 from aggregator.errors import AggregatorError, ConfigError, ConfigUnreadable
 from aggregator.fetch import make_client
@@ -149,9 +149,10 @@ class Daemon:
                 if self._in_flight:
                     log.info("stopping: waiting for %d polls in flight", len(self._in_flight))
                 self.scheduler.pause()  # shutdown() would cancel the polls in flight
-                control.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(control_path(archive.root))
+                if control is not None:
+                    control.close()
+                    with contextlib.suppress(OSError):
+                        os.unlink(control_path(archive.root))
                 for task in tasks[1:]:
                     task.cancel()
                 await asyncio.gather(*tasks[1:], return_exceptions=True)
@@ -295,14 +296,18 @@ class Daemon:
                 with contextlib.suppress(KeyError, ValueError):
                     self._waiters[url].remove(waiter)
 
-    async def _open_control(self, root: Path) -> asyncio.Server:
-        """Listen on the control socket (see :mod:`aggregator.control`)."""
-        path = prepare_socket_path(root)
-        private = os.umask(0o177)  # the socket is 0600 from its creation on
+    async def _open_control(self, root: Path) -> asyncio.Server | None:
+        """Listen on the control socket (see :mod:`aggregator.control`); a daemon that
+        cannot still runs (`poll` and `refresh` then say the archive is in use)."""
         try:
-            return await asyncio.start_unix_server(self._answer, os.fspath(path), limit=MAX_REQUEST)
-        finally:
-            os.umask(private)
+            sock = listen(root)
+        except OSError as e:
+            log.warning(
+                "no control socket at %s (%s): `poll` and `refresh` cannot ask this daemon",
+                control_path(root), e.strerror or e,
+            )  # fmt: skip
+            return None
+        return await asyncio.start_unix_server(self._answer, sock=sock, limit=MAX_REQUEST)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One request on the control socket: poll the feeds it names, answer each."""
@@ -522,6 +527,9 @@ class Daemon:
         for url in before.keys() - self._sources.keys():
             self._unschedule(url)
             log.info("feed removed: url=%s (its posts stay)", url)
+            for waiter in self._waiters.pop(url, []):  # asked for on the control socket
+                if not waiter.done():
+                    waiter.set_exception(AggregatorError(f"{url} left feeds.yaml"))
         for url, source in self._sources.items():
             if url not in before:
                 log.info("feed added: url=%s, polling it now", url)
@@ -532,8 +540,8 @@ class Daemon:
                     "feed changed: url=%s, next poll %s", url, when.isoformat(timespec="seconds")
                 )
                 self.poller.plan(source, when)
-                if url not in self._polling:
-                    self._schedule(url, when)
+                if url not in self._polling:  # (asked for now: polled now)
+                    self._schedule(url, now if self._waiters.get(url) else when)
         if (
             new.title, new.link, new.description, new.max_items, config_tags(new),
             new.podcast, new.tag_podcasts,

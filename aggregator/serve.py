@@ -31,7 +31,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -68,12 +68,20 @@ PAGE_POLICY = (
 
 
 def _feed_type(request: Request, name: str) -> str:
-    """A browser that navigates to an RSS or Atom feed (it asks for text/html first)
-    gets it as XML, which it renders through the feed's stylesheet; readers get the
-    feed's own type."""
-    if name != JSON_FILE and "text/html" in request.headers.get("accept", ""):
+    """A browser that navigates to an RSS or Atom feed (it asks for text/html) gets it as
+    XML, which it renders through the feed's stylesheet; readers get the feed's own type."""
+    if name != JSON_FILE and _wants_html(request.headers.get("accept", "")):
         return "application/xml; charset=utf-8"
     return FEED_TYPES[name]
+
+
+def _wants_html(accept: str) -> bool:
+    """``text/html`` is in the Accept header, and not with ``q=0``."""
+    for part in accept.split(","):
+        kind, *parameters = (p.strip() for p in part.split(";"))
+        if kind.lower() == "text/html":
+            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00") for p in parameters)
+    return False
 
 
 log = logging.getLogger(__name__)
@@ -265,7 +273,10 @@ def make_app(site: Site) -> Starlette:  # noqa: PLR0915 -- every route in one pl
             tag = next((t for t in config_tags(site.config) if t.slug == slug), None)
             if tag is None:
                 return Response("No such tag in feeds.yaml.\n", 404)
-        page = render_river(site, tag, request.path_params.get("number", 1))
+        number = request.path_params.get("number", 1)
+        if number == 1 and "number" in request.path_params:  # (page 1 is the folder itself)
+            return RedirectResponse(request.url.path.split("page/")[0], 301)
+        page = render_river(site, tag, number)
         if page is None:
             return Response("No such page.\n", 404)
         response = _conditional(
@@ -326,6 +337,8 @@ def make_app(site: Site) -> Starlette:  # noqa: PLR0915 -- every route in one pl
         Route("/", river),
         Route("/page/{number:int}/", river),
         Route("/assets/{name}", asset),
+        # (feeds name their stylesheet under `link`'s path, which may be a proxy's folder)
+        Route("/{folder:path}/assets/{name}", asset),
         Route("/healthz", healthz),
         Route("/media/{folder}/{name}", kept_file),
         Route("/metrics", metrics),

@@ -162,7 +162,8 @@ def _write_pages(folder: Path, front: str, posts: int) -> None:
     beyond = folder / PAGES_DIR
     if beyond.is_dir():
         for sub in beyond.iterdir():
-            if sub.name.isdigit() and int(sub.name) > pages and not sub.is_symlink():
+            number = int(sub.name) if sub.name.isascii() and sub.name.isdigit() else 0
+            if number > pages and not sub.is_symlink():
                 (sub / TAG_PAGE).unlink(missing_ok=True)
                 with contextlib.suppress(OSError):  # the user put something else there
                     sub.rmdir()

@@ -18,6 +18,7 @@ import pytest
 
 from aggregator.cli import build_parser
 from aggregator.completion import script
+from tests.conftest import debian_program
 
 BASH = shutil.which("bash")
 BASH_COMPLETION = os.environ.get(
@@ -53,7 +54,9 @@ def completer(
         if not Path(BASH_COMPLETION).is_file():
             if os.environ.get("CI"):  # .ci/run installs it
                 pytest.fail(f"{BASH_COMPLETION} is missing, but .ci/run installs bash-completion")
-            pytest.skip("bash-completion is not installed (Debian: apt-get install bash-completion)")
+            pytest.skip(
+                "bash-completion is not installed (Debian: apt-get install bash-completion)"
+            )
         helper = BASH_COMPLETION
     monkeypatch.chdir(tmp_path)
 
@@ -156,3 +159,37 @@ def test_other_parsers(completer: Callable[[argparse.ArgumentParser], Complete])
     assert complete("aggregator help ") == ["feeds.yaml", "cron\\ jobs", "it\\'s"]
     assert complete("aggregator help 'cr") == ["cron jobs"]
     assert complete("aggregator help cron\\ ") == ["cron\\ jobs"]
+
+
+def test_fish_completes_commands_options_and_values(tmp_path: Path) -> None:
+    fish = debian_program("fish", "fish")
+    path = tmp_path / "aggregator.fish"
+    path.write_text(script(build_parser(), "fish"))
+    assert subprocess.run([fish, "--no-execute", str(path)], check=False).returncode == 0
+
+    def complete(line: str) -> list[str]:
+        run = subprocess.run(
+            [fish, "--no-config", "-c", f"source {path}; complete -C {line!r}"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return [row.split("\t")[0] for row in run.stdout.splitlines()]
+
+    assert complete("aggregator po") == ["poll"]
+    assert complete("aggregator poll --log-format ") == ["json", "text"]
+    assert "refresh" in complete("aggregator re") and "reindex" in complete("aggregator re")
+    assert "--json" in complete("aggregator status --")
+
+
+def test_zsh_reads_and_registers_the_script(tmp_path: Path) -> None:
+    zsh = debian_program("zsh", "zsh")
+    path = tmp_path / "_aggregator"
+    path.write_text(script(build_parser(), "zsh"))
+    assert subprocess.run([zsh, "-n", str(path)], check=False).returncode == 0
+    run = subprocess.run(
+        [zsh, "-f", "-c", f"autoload -U compinit; compinit -u -D; source {path};"
+                          " print -r -- ${_comps[aggregator]}"],
+        capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "_aggregator"  # the completion function of the command

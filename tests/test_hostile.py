@@ -131,7 +131,7 @@ def test_hostile_farm_through_poll(tmp_path: Path) -> None:
         text=True,
         check=False,
     )
-    assert status.returncode == 0
+    assert status.returncode == 1  # feeds are failing, and status says so
     for case in cases:
         if case.expect == "error":
             assert case.url in status.stdout

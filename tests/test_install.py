@@ -38,12 +38,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next((venv / "lib").glob("python3*/site-packages"))
+    # the dependencies, pip and setuptools: those of the test environment
     (site / "test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
-        [venv / "bin" / "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--disable-pip-version-check", str(source)],
+        [venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-deps",
+         "--no-build-isolation", "--no-index", "--disable-pip-version-check", str(source)],
         check=True, timeout=300,
     )  # fmt: skip
     shutil.rmtree(source)  # nothing of the repository is left to lean on
@@ -75,7 +76,7 @@ def test_installed_it_works_without_the_repository(
     config = tmp_path / "news" / "feeds.yaml"
     assert "aggregator help feeds.yaml" in config.read_text()
     assert (tmp_path / "news" / "archive" / "_layouts" / "post.html").is_file()
-    assert run(installed, "init", "news", cwd=tmp_path).returncode == 1  # never overwritten
+    assert run(installed, "init", "news", cwd=tmp_path).returncode == 2  # never overwritten
     assert run(installed, "check", "-c", str(config), cwd=tmp_path).returncode == 0
     reference = run(installed, "help", "feeds.yaml", cwd=tmp_path)
     assert reference.returncode == 0 and "## Per-feed options" in reference.stdout

@@ -132,9 +132,23 @@ def test_under_systemd_lines_carry_journald_priorities(tmp_path: Path, farm: Far
     assert any(line.startswith("<4>aggregator.pipeline: poll feed=Flaky") for line in lines)
     assert any(line.startswith("<6>aggregator.pipeline: poll feed=Good") for line in lines)
     assert all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines
+    # JSON lines too (the shipped systemd unit asks for JSON): journald takes the prefix off.
+    with log.open("w") as stream:
+        subprocess.run(
+            [sys.executable, "-m", "aggregator", "poll", "--log-format", "json", "-c", str(config)],
+            stdout=subprocess.DEVNULL, stderr=stream, timeout=120, check=False,
+            env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+        )  # fmt: skip
+    lines = log.read_text().splitlines()
+    flaky = [line for line in lines if '"feed": "Flaky"' in line]
+    assert flaky and flaky[0].startswith("<4>{")
+    assert json.loads(flaky[0][3:])["outcome"] == "error"
     # Another stream (a terminal, a file, a pipe) keeps times and level names.
     run = aggregator("poll", "-c", str(config), env={"JOURNAL_STREAM": "1:2"})
     assert " WARNING aggregator.pipeline: poll feed=Flaky" in run.stderr
+
+
+ARCHIVE = "archive-of-a-user-who-likes-long-and-descriptive-folder-names-for-everything"
 
 
 @pytest.mark.slow
@@ -147,7 +161,9 @@ def test_poll_and_refresh_ask_the_running_daemon(tmp_path: Path, farm: Farm) -> 
         [{"url": farm.url("/a"), "name": "Source A"}, {"url": farm.url("/b"), "name": "Late"}],
         serve={"host": "127.0.0.1", "port": port},
         link=f"http://127.0.0.1:{port}/",
+        archive=ARCHIVE,  # too long a path for a Unix socket's address, as it happens
     )
+    assert len(str(tmp_path / ARCHIVE / ".aggregator" / "control.sock")) > 108
     daemon = Running(config, port, tmp_path / "daemon.log")
     try:
         wait_for(lambda: daemon.atom_titles() == {"a story 0"}, "the first feed in /atom.xml")
@@ -164,11 +180,11 @@ def test_poll_and_refresh_ask_the_running_daemon(tmp_path: Path, farm: Farm) -> 
         assert run.returncode == 0, run.stderr
         assert run.stdout.splitlines() == [
             f"Late <{farm.url('/b')}>: new 2",
-            "1 feeds: 2 new items, 0 failed; polled by the running daemon",
+            "1 feeds: 2 new items, 0 failed; polled by the running daemon (it publishes them)",
         ]
         wait_for(lambda: len(daemon.atom_titles()) == 3, "the refreshed feed in /atom.xml")
         # Only the daemon's user may ask: the socket is private.
-        socket_file = tmp_path / "archive" / ".aggregator" / "control.sock"
+        socket_file = tmp_path / ARCHIVE / ".aggregator" / "control.sock"
         assert socket_file.is_socket() and socket_file.stat().st_mode & 0o777 == 0o600
         # `poll` of every feed goes through the daemon too (cron beside a daemon), -q quiet.
         hits = len(farm.requests_to("/a"))
@@ -179,18 +195,32 @@ def test_poll_and_refresh_ask_the_running_daemon(tmp_path: Path, farm: Farm) -> 
         run = aggregator("poll", "-c", str(config))
         assert run.returncode == 1
         assert f"Source A <{farm.url('/a')}>: error: HTTP 500" in run.stdout
-        run = aggregator("refresh", "nobody", "-c", str(config))
-        assert run.returncode == 2 and "no feed 'nobody'" in run.stderr
+        for nobody in ("nobody", "", " "):  # (an empty name, as from an unset variable)
+            run = aggregator("refresh", nobody, "-c", str(config))
+            assert run.returncode == 2 and f"no feed {nobody!r}" in run.stderr
         assert "polling 1 feeds now, as asked on the control socket" in daemon.logged()
     finally:
         daemon.proc.terminate()
         daemon.proc.wait(timeout=30)
     assert daemon.proc.returncode == 0
     # Stopped, it leaves no socket; refresh then polls by itself.
-    assert not (tmp_path / "archive" / ".aggregator" / "control.sock").exists()
+    assert not (tmp_path / ARCHIVE / ".aggregator" / "control.sock").exists()
     farm.routes["/a"] = Answer(200, rss(items("a", 2), title="Feed a"))
     run = aggregator("refresh", "Source A", "-c", str(config))
     assert run.returncode == 0 and "Source A" in run.stdout and "new 1" in run.stdout
+
+    # A daemon that cannot make its socket still runs; `poll` then says what is going on.
+    socket_file.mkdir()
+    daemon = Running(config, port, tmp_path / "daemon-2.log")
+    try:
+        wait_for(lambda: "running pid=" in daemon.logged(), "the second daemon")
+        assert "no control socket at" in daemon.logged()
+        run = aggregator("poll", "-c", str(config))
+        assert run.returncode == 1 and f"(pid {daemon.proc.pid})" in run.stderr
+        assert "it takes no poll requests" in run.stderr
+    finally:
+        daemon.proc.terminate()
+        daemon.proc.wait(timeout=30)
 
 
 def test_on_a_terminal_a_progress_bar_and_coloured_problems(tmp_path: Path, farm: Farm) -> None:

@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from aggregator.demo import serve_folder
@@ -103,8 +104,10 @@ def test_the_daemon_pages_and_feeds_in_a_browser(archive: Path, browser: Browser
         assert "The text of story 30 goes on for a few words." in text  # its excerpt
         assert "Page 1 of 2" in text and "Older →" in text
         first = page.evaluate(
-            "(() => { const li = document.querySelector('.river li');"
+            "(async () => { const li = document.querySelector('.river li');"
             " const t = li.querySelector('time'); const icon = li.querySelector('.icon');"
+            " if (!icon.complete) await new Promise(done => {"  # (lazy: after the load event)
+            " icon.onload = done; icon.onerror = done; });"
             " return [t.dateTime, t.textContent, icon.src, icon.naturalWidth,"
             " li.querySelector('.thumb').src, li.querySelector('.meta').textContent]; })()"
         )
@@ -118,6 +121,14 @@ def test_the_daemon_pages_and_feeds_in_a_browser(archive: Path, browser: Browser
         assert older.errors == []
         assert "A word from B" in older.text() and "Page 2 of 2" in older.text()
         assert "← Newer" in older.text()
+        first_again = httpx.get(base + "/page/1/")  # one address a page
+        assert first_again.status_code == 301 and first_again.headers["location"] == "/"
+        assert httpx.get(base + "/page/3/").status_code == 404
+        assert httpx.get(base + "/tags/nowhere/").status_code == 404
+        assert "script-src 'self'" in httpx.get(base + "/").headers["content-security-policy"]
+        for where in ("/assets/feed.xsl", "/news/assets/feed.xsl"):  # (a link in a folder)
+            assert httpx.get(base + where).headers["content-type"].startswith("text/xsl")
+        assert httpx.get(base + "/assets/feeds.yaml").status_code == 404
         tag = browser.load(base + "/tags/harbour/")
         assert tag.errors == [] and "Story number 29" in tag.text()
         assert "A word from B" not in tag.text()
@@ -125,8 +136,6 @@ def test_the_daemon_pages_and_feeds_in_a_browser(archive: Path, browser: Browser
         # The feeds, opened in the browser: a page through the stylesheet, not XML text.
         # (A browser asks for text/html first and gets XML, which it styles; a reader
         # gets the feed's own type.)
-        import httpx
-
         for accept, expected in (
             ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "application/xml"),
             ("application/atom+xml, application/rss+xml;q=0.9, */*;q=0.1", "application/atom+xml"),
@@ -202,8 +211,6 @@ def test_the_jekyll_site_in_a_browser(archive: Path, browser: Browser, tmp_path:
 
 
 def _up(base: str) -> bool:
-    import httpx
-
     try:
         return httpx.get(base + "/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:

@@ -54,7 +54,12 @@ def feed_icon(candidates: Iterable[object], base: str) -> str | None:
     for candidate in candidates:
         if isinstance(candidate, str) and candidate.strip():
             icon = resolve_url(candidate.strip(), base)
-            if icon and is_http_url(icon) and len(icon) <= MAX_ICON_URL:
+            if (
+                icon
+                and is_http_url(icon)
+                and len(icon) <= MAX_ICON_URL
+                and not any(c.isspace() or ord(c) < 32 for c in icon)
+            ):
                 return icon
     return None
 
