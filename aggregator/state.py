@@ -74,6 +74,30 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
     # media: keep: what each URL gave (``/media/...``), so that it is not downloaded again
     "CREATE TABLE IF NOT EXISTS kept (url TEXT PRIMARY KEY, path TEXT NOT NULL)",
+    # Each feed's archived items, kept by triggers (the river's pages count them at every
+    # publish: counting the items instead would grow with the archive).
+    "CREATE TABLE IF NOT EXISTS feed_posts (feed_url TEXT PRIMARY KEY, posts INTEGER NOT NULL)",
+    """CREATE TRIGGER IF NOT EXISTS feed_posts_insert AFTER INSERT ON items
+    WHEN new.pending = 0 AND new.feed_url IS NOT NULL BEGIN
+        INSERT INTO feed_posts VALUES (new.feed_url, 1)
+        ON CONFLICT (feed_url) DO UPDATE SET posts = posts + 1;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS feed_posts_delete AFTER DELETE ON items
+    WHEN old.pending = 0 AND old.feed_url IS NOT NULL BEGIN
+        UPDATE feed_posts SET posts = posts - 1 WHERE feed_url = old.feed_url;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS feed_posts_update AFTER UPDATE OF pending, feed_url ON items
+    WHEN (old.pending, old.feed_url) IS NOT (new.pending, new.feed_url) BEGIN
+        UPDATE feed_posts SET posts = posts - 1 WHERE old.pending = 0 AND feed_url = old.feed_url;
+        INSERT INTO feed_posts SELECT new.feed_url, 1
+        WHERE new.pending = 0 AND new.feed_url IS NOT NULL
+        ON CONFLICT (feed_url) DO UPDATE SET posts = posts + 1;
+    END""",
+)
+# (an index made before the feed_posts table: counted once)
+_COUNT_FEED_POSTS = (
+    "INSERT INTO feed_posts SELECT feed_url, count(*) FROM items"
+    " WHERE pending = 0 AND feed_url IS NOT NULL GROUP BY feed_url"
 )
 # Columns later schemas added to the tables of earlier ones (``unfinished`` came without
 # a new version: older releases leave it at its default).
@@ -303,8 +327,13 @@ class State:
                 for name, kind in columns.items():
                     if have and name not in have:  # an existing table of an older schema
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            counted = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'feed_posts'"
+            ).fetchone()
             for statement in _SCHEMA:
                 db.execute(statement)
+            if not counted:
+                db.execute(_COUNT_FEED_POSTS)
             if db.execute("PRAGMA user_version").fetchone()[0] < 3:
                 _rekey(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -590,10 +619,17 @@ class State:
         return [_item(r) for r in rows]
 
     def count(self, feeds: Iterable[str] | None = None) -> int:
-        """Archived items (of ``feeds`` only, if given)."""
+        """Archived items (of ``feeds`` only, if given); as cheap with 100,000 as with 10."""
+        if feeds is None:  # (count(*) of a whole table walks no row; few are pending)
+            every = self._read("SELECT count(*) FROM items")[0][0]
+            return int(every - self._read("SELECT count(*) FROM items WHERE pending = 1")[0][0])
         only, values = _only(feeds)
-        query = "SELECT count(*) FROM items WHERE pending = 0" + only  # noqa: S608
-        return int(self._read(query, tuple(values))[0][0])
+        try:
+            query = f"SELECT sum(posts) FROM feed_posts WHERE 1{only}"  # noqa: S608
+            return int(self._read(query, tuple(values))[0][0] or 0)
+        except ArchiveError:  # an index an earlier release wrote, read-only: no feed_posts
+            query = "SELECT count(*) FROM items WHERE pending = 0" + only  # noqa: S608
+            return int(self._read(query, tuple(values))[0][0])
 
     def has_items(self) -> bool:
         """Whether anything is indexed, pending or not (cheap, whatever the size)."""

@@ -295,3 +295,36 @@ def test_an_index_of_the_previous_schema_is_upgraded_in_place(
         assert state._read("PRAGMA user_version") == [(aggregator.state.SCHEMA_VERSION,)]
     finally:
         state.close()
+
+
+def test_the_page_counts_follow_every_change_of_the_index(tmp_path: Path, farm: Farm) -> None:
+    """The river's page counts come from per-feed counters kept by triggers: they must
+    equal a count of the items after archiving, a rebuild, and on an older index."""
+    from aggregator.archive import Archive
+
+    config = setup(tmp_path, farm)
+    assert aggregator("poll", "-c", str(config)).returncode == 0
+    a, b = farm.url("/a"), farm.url("/b")
+
+    def counts() -> tuple[int, int, int, int]:
+        with Archive(tmp_path / "archive") as archive:
+            state = archive.state
+            truth = dict(state._read("SELECT feed_url, count(*) FROM items GROUP BY feed_url"))
+            assert state.count() == sum(truth.values())
+            return state.count(), state.count([a]), state.count([b]), truth[a] + truth[b]
+
+    assert counts() == (5, 3, 2, 5)
+    farm.routes["/a"] = Answer(200, rss(items("a", 5)))
+    assert aggregator("poll", "-c", str(config)).returncode == 0
+    assert counts() == (7, 5, 2, 7)
+    assert aggregator("reindex", "-c", str(config)).returncode == 0  # rows deleted, made again
+    assert counts() == (7, 5, 2, 7)
+    # An index from before the counters: counted once when it is opened.
+    db = sqlite3.connect(state_path(tmp_path / "archive"))
+    db.executescript(
+        "DROP TRIGGER feed_posts_insert; DROP TRIGGER feed_posts_delete;"
+        " DROP TRIGGER feed_posts_update; DROP TABLE feed_posts;"
+        " DELETE FROM items WHERE title = 'a story 4';"
+    )
+    db.close()
+    assert counts() == (6, 4, 2, 6)
