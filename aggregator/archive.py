@@ -125,11 +125,17 @@ def load_post(root: Path, path: str) -> Post:
 
 
 def write_file_atomic(
-    path: Path, data: bytes, *, make_dirs: bool = True, mode: int | None = None
+    path: Path,
+    data: bytes,
+    *,
+    make_dirs: bool = True,
+    mode: int | None = None,
+    durable: bool = True,
 ) -> None:
     """Replace ``path`` with ``data``: temp file in the same folder, fsync, rename.
 
-    ``mode``: the new file's permission bits (default: the umask's).
+    ``mode``: the new file's permission bits (default: the umask's). ``durable=False``
+    leaves out the fsync, for a file the next publish writes again if a crash lost it.
     """
     tmp = _temp_path(path)
     try:
@@ -140,7 +146,8 @@ def write_file_atomic(
                 os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):

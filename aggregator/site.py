@@ -158,7 +158,8 @@ def _write_pages(folder: Path, front: str, posts: int) -> None:
     pages = max(1, -(-posts // PER_PAGE))
     for number in range(2, pages + 1):
         text = front.removesuffix("---\n") + f"number: {number}\n---\n"
-        _write_if_changed(folder / PAGES_DIR / str(number) / TAG_PAGE, text.encode())
+        # (one a page: no fsync each; one lost in a crash is written at the next publish)
+        _write_if_changed(folder / PAGES_DIR / str(number) / TAG_PAGE, text.encode(), False)
     beyond = folder / PAGES_DIR
     if beyond.is_dir():
         for sub in beyond.iterdir():
@@ -190,10 +191,10 @@ def remove_stale_tags(root: Path, keep: set[str]) -> None:
             log.info("removed the feeds of tag %r, gone from feeds.yaml", sub.name)
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
+def _write_if_changed(path: Path, data: bytes, durable: bool = True) -> None:
     try:
         if path.read_bytes() == data:
             return
     except FileNotFoundError:
         pass
-    write_file_atomic(path, data)
+    write_file_atomic(path, data, durable=durable)
