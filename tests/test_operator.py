@@ -223,18 +223,21 @@ def test_poll_and_refresh_ask_the_running_daemon(tmp_path: Path, farm: Farm) -> 
         daemon.proc.wait(timeout=30)
 
 
-def test_on_a_terminal_a_progress_bar_and_coloured_problems(tmp_path: Path, farm: Farm) -> None:
+def on_a_terminal(args: list[str], stream: str) -> tuple[int, str, str]:
+    """Run aggregator with its ``stream`` (stdout or stderr) on a pseudo-terminal: its
+    status, what the terminal showed, and what the other stream said."""
     import pty
     import subprocess
     import sys
 
-    config = two_feeds(tmp_path, farm)
     leader, follower = pty.openpty()
     try:
         run = subprocess.run(
-            [sys.executable, "-m", "aggregator", "poll", "-c", str(config)],
-            stdout=subprocess.PIPE, stderr=follower, timeout=120, check=False,
-            env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "160"},
+            [sys.executable, "-m", "aggregator", *args],
+            stdout=follower if stream == "stdout" else subprocess.PIPE,
+            stderr=follower if stream == "stderr" else subprocess.PIPE,
+            timeout=120, check=False,
+            env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "200"},
         )  # fmt: skip
         os.close(follower)
         follower = -1
@@ -251,10 +254,22 @@ def test_on_a_terminal_a_progress_bar_and_coloured_problems(tmp_path: Path, farm
         os.close(leader)
         if follower != -1:
             os.close(follower)
-    screen = shown.decode(errors="replace")
-    assert run.returncode == 1
+    other = run.stdout if stream == "stderr" else run.stderr
+    return run.returncode, shown.decode(errors="replace"), other.decode(errors="replace")
+
+
+def test_on_a_terminal_a_progress_bar_and_coloured_problems(tmp_path: Path, farm: Farm) -> None:
+    config = two_feeds(tmp_path, farm)
+    code, screen, results = on_a_terminal(["poll", "-c", str(config)], "stderr")
+    assert code == 1
     # the bar: feeds done of all, items archived so far, the rate
     assert "2/2" in screen and "2 new" in screen and "feeds/s" in screen, screen
     # the failing feed's warning, in yellow, and only the level's colour on it
     assert "\x1b[33mpoll feed=Flaky" in screen, screen
-    assert "\x1b[" not in run.stdout.decode()  # the results themselves are plain text
+    assert "\x1b[" not in results  # the results themselves are plain text
+    # status: a table, the failing feed in red, its URL whole
+    code, screen, _ = on_a_terminal(["status", "-c", str(config)], "stdout")
+    assert code == 1
+    red = [line for line in screen.splitlines() if "\x1b[31m" in line]
+    assert red and "Flaky" in red[0] and farm.url("/bad") in red[0], screen
+    assert "│" in screen  # (a table's frame on a terminal only)
