@@ -88,6 +88,11 @@ def test_installed_it_works_without_the_repository(
     config.write_text(config.read_text().split("\nfeeds:")[0] + "\nfeeds: []\n")
     added = run(installed, "add", farm.url("/feed"), "-c", str(config), cwd=tmp_path)
     assert added.returncode == 0, added.stderr
+    (tmp_path / "elsewhere").mkdir()  # add makes a feeds.yaml where there is none
+    made = run(installed, "add", "--no-check", farm.url("/feed"), cwd=tmp_path / "elsewhere")
+    assert made.returncode == 0, made.stderr
+    first_line = (tmp_path / "elsewhere" / "feeds.yaml").read_text().splitlines()[0]
+    assert "aggregator help feeds.yaml" in first_line and "README" not in first_line
     port = free_port()
     daemon = subprocess.Popen(
         [installed / "aggregator", "run", "-c", str(config), "--port", str(port), "-q"],

@@ -4,6 +4,7 @@ No console error, the expected text, dates in the reader's own time zone."""
 
 from __future__ import annotations
 
+import re
 import signal
 import struct
 import subprocess
@@ -103,6 +104,7 @@ def test_the_daemon_pages_and_feeds_in_a_browser(archive: Path, browser: Browser
         assert "Harbour <b>reopens</b> at dawn" in text  # a title is text, never markup
         assert "The text of story 30 goes on for a few words." in text  # its excerpt
         assert "Page 1 of 2" in text and "Older →" in text
+        assert not re.search(r"\d{4}-\d\d-\d\dT", text)  # no raw ISO time, sources' included
         first = page.evaluate(
             "(async () => { const li = document.querySelector('.river li');"
             " const t = li.querySelector('time'); const icon = li.querySelector('.icon');"
