@@ -177,17 +177,7 @@ def _chosen(cfg: Config, wanted: list[str]) -> set[str] | None:
     learned from the feed (any case)."""
     if not wanted:
         return None
-    from aggregator.archive import read_index  # noqa: PLC0415
-
-    learned: dict[str, str] = {}
-    try:
-        state = read_index(cfg.archive)
-        try:
-            learned = state.feed_names()
-        finally:
-            state.close()
-    except AggregatorError:
-        pass  # (no index yet: names from feeds.yaml only)
+    learned = _learned_names(cfg)
     chosen: set[str] = set()
     unknown = []
     for text in wanted:
@@ -209,6 +199,25 @@ def _chosen(cfg: Config, wanted: list[str]) -> set[str] | None:
     if unknown:
         raise _Exit(EXIT_CONFIG)
     return chosen
+
+
+def _learned_names(cfg: Config) -> dict[str, str]:
+    """Feed URL → the name learned from the feed, as the index says ({} if there is none
+    to read yet)."""
+    from aggregator.archive import read_index  # noqa: PLC0415
+
+    try:
+        state = read_index(cfg.archive)
+    except AggregatorError as e:
+        logging.getLogger(__name__).debug("no learned names: %s", e)
+        return {}
+    try:
+        return state.feed_names()
+    except AggregatorError as e:
+        logging.getLogger(__name__).debug("no learned names: %s", e)
+        return {}
+    finally:
+        state.close()
 
 
 def _poll_by_daemon(cfg: Config, only: set[str] | None, quiet: bool, locked: Exception) -> int:
@@ -600,20 +609,10 @@ def export_opml(args: argparse.Namespace) -> int:
 
     Tags become each outline's category. Example: aggregator export-opml > feeds.opml
     """
-    from aggregator.archive import read_index  # noqa: PLC0415
     from aggregator.sources.opml import export_opml as do_export  # noqa: PLC0415
 
     cfg = _load(args.config)
-    names: dict[str, str] = {}
-    try:  # names learned from the feeds themselves, if there is an index to read
-        state = read_index(cfg.archive)
-        try:
-            names = state.feed_names()
-        finally:
-            state.close()
-    except AggregatorError as e:
-        logging.getLogger(__name__).debug("export-opml without learned names: %s", e)
-    sys.stdout.buffer.write(do_export(cfg, names))
+    sys.stdout.buffer.write(do_export(cfg, _learned_names(cfg)))
     return EXIT_OK
 
 
@@ -638,8 +637,9 @@ def demo(args: argparse.Namespace) -> int:
 def init(args: argparse.Namespace) -> int:
     """Start a new aggregator in a folder: a commented feeds.yaml and the archive's site.
 
-    Writes DIR/feeds.yaml (a few public news feeds, every option explained in comments)
-    and DIR/archive/ with the Jekyll site's files; refuses when DIR already has a
+    Writes DIR/feeds.yaml (a few public news feeds, the common options explained in
+    comments; `aggregator help feeds.yaml` has them all) and DIR/archive/ with the Jekyll
+    site's files; refuses when DIR already has a
     feeds.yaml. Then: `aggregator add URL` for your feeds, `aggregator run` to start.
 
     Example: aggregator init ~/news && cd ~/news && aggregator run
@@ -686,21 +686,16 @@ def completion(args: argparse.Namespace) -> int:
 
 
 def feeds(args: argparse.Namespace) -> int:
-    """The feeds' names, then their URLs, one a line (for shell completion)."""
-    from aggregator.archive import read_index  # noqa: PLC0415
-
+    """Each feed's name and URL, a line each; with --names, the names and then the URLs,
+    one a line (what shell completion offers)."""
     cfg = _load(args.config)
-    learned: dict[str, str] = {}
-    try:
-        state = read_index(cfg.archive)
-        try:
-            learned = state.feed_names()
-        finally:
-            state.close()
-    except AggregatorError:
-        pass
-    names = [f.name or learned.get(f.url) for f in cfg.feeds]
-    print("\n".join([*dict.fromkeys(n for n in names if n), *(f.url for f in cfg.feeds)]))
+    learned = _learned_names(cfg)
+    names = [f.name or learned.get(f.url) or "" for f in cfg.feeds]
+    if args.names:
+        print("\n".join([*dict.fromkeys(n for n in names if n), *(f.url for f in cfg.feeds)]))
+    else:
+        for name, source in zip(names, cfg.feeds, strict=True):
+            print(f"{name}\t{source.url}")
     return EXIT_OK
 
 

@@ -84,7 +84,11 @@ def ask_daemon(root: Path, urls: list[str] | None) -> Iterator[dict[str, Any]] |
         conn.close()
         return None
     conn.settimeout(ANSWER_TIMEOUT)
-    conn.sendall(json.dumps({"poll": urls}).encode() + b"\n")
+    try:
+        conn.sendall(json.dumps({"poll": urls}).encode() + b"\n")
+    except OSError as e:
+        conn.close()
+        raise AggregatorError(f"the daemon on {path} hung up: {e.strerror or e}") from e
     return _answers(conn, path)
 
 

@@ -23,7 +23,7 @@ from aggregator.health import feed_rows
 from aggregator.lifecycle import display_name
 from aggregator.posts import LOCAL_MEDIA
 from aggregator.sanitize import html_to_text, proxy_image
-from aggregator.site import PER_PAGE, TAGS_DIR, Tag, config_tags
+from aggregator.site import PER_PAGE, TAGS_DIR, Tag, config_tags, page_count
 from aggregator.state import ItemRecord
 from aggregator.urls import is_http_url
 
@@ -101,7 +101,7 @@ def render_river(site: Site, tag: Tag | None = None, number: int = 1) -> str | N
     cfg, e = site.config, html.escape
     feeds = tag.feed_urls if tag else None
     total = site.state.count(feeds=feeds)
-    pages = max(1, -(-total // PER_PAGE))
+    pages = page_count(total)
     if not 1 <= number <= pages:
         return None
     statuses = site.feed_statuses()

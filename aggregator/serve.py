@@ -70,17 +70,20 @@ PAGE_POLICY = (
 def _feed_type(request: Request, name: str) -> str:
     """A browser that navigates to an RSS or Atom feed (it asks for text/html) gets it as
     XML, which it renders through the feed's stylesheet; readers get the feed's own type."""
-    if name != JSON_FILE and _wants_html(request.headers.get("accept", "")):
+    if name != JSON_FILE and _accepts(request.headers.get("accept", ""), "text/html"):
         return "application/xml; charset=utf-8"
     return FEED_TYPES[name]
 
 
-def _wants_html(accept: str) -> bool:
-    """``text/html`` is in the Accept header, and not with ``q=0``."""
-    for part in accept.split(","):
-        kind, *parameters = (p.strip() for p in part.split(";"))
-        if kind.lower() == "text/html":
-            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00") for p in parameters)
+def _accepts(header: str, token: str) -> bool:
+    """``token`` (``text/html``, ``gzip``) is in an Accept or Accept-Encoding header's
+    list, and not refused with ``q=0``."""
+    for part in header.lower().split(","):
+        name, *parameters = (p.strip() for p in part.split(";"))
+        if name == token:
+            return not any(
+                p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in parameters
+            )
     return False
 
 
@@ -224,11 +227,7 @@ def _not_modified_since(value: str | None, modified: datetime) -> bool:
 
 
 def _accepts_gzip(request: Request) -> bool:
-    for part in request.headers.get("accept-encoding", "").lower().split(","):
-        coding, _, params = part.strip().partition(";")
-        if coding.strip() == "gzip":
-            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
-    return False
+    return _accepts(request.headers.get("accept-encoding", ""), "gzip")
 
 
 def make_app(site: Site) -> Starlette:  # noqa: PLR0915 -- every route in one place
@@ -275,7 +274,7 @@ def make_app(site: Site) -> Starlette:  # noqa: PLR0915 -- every route in one pl
                 return Response("No such tag in feeds.yaml.\n", 404)
         number = request.path_params.get("number", 1)
         if number == 1 and "number" in request.path_params:  # (page 1 is the folder itself)
-            return RedirectResponse(request.url.path.split("page/")[0], 301)
+            return RedirectResponse(f"/{TAGS_DIR}/{slug}/" if slug else "/", 301)
         page = render_river(site, tag, number)
         if page is None:
             return Response("No such page.\n", 404)
@@ -289,7 +288,10 @@ def make_app(site: Site) -> Starlette:  # noqa: PLR0915 -- every route in one pl
         name = request.path_params["name"]
         if name not in ASSETS:
             return Response("Not found.\n", 404)
-        body = (resources.files("aggregator") / "site" / "assets" / name).read_bytes()
+        try:  # the archive's own copy (it may be edited), else the one that came with us
+            body = (site.config.archive / "assets" / name).read_bytes()
+        except OSError:
+            body = (resources.files("aggregator") / "site" / "assets" / name).read_bytes()
         return _conditional(request, body, ASSETS[name], site.clock(), site.cache_seconds)
 
     async def healthz(request: Request) -> Response:

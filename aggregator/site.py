@@ -152,10 +152,15 @@ def write_site_data(config: Config, root: Path, tags: list[Tag], state: State) -
     remove_stale_tags(root, {t.slug for t in tags})
 
 
+def page_count(posts: int) -> int:
+    """The pages of a river of ``posts`` posts (one, empty, when there are none)."""
+    return max(1, -(-posts // PER_PAGE))
+
+
 def _write_pages(folder: Path, front: str, posts: int) -> None:
     """``folder/page/N/index.html`` for every page after the first of ``posts`` posts
     (the front matter of the first, plus its number); those beyond are removed."""
-    pages = max(1, -(-posts // PER_PAGE))
+    pages = page_count(posts)
     for number in range(2, pages + 1):
         text = front.removesuffix("---\n") + f"number: {number}\n---\n"
         # (one a page: no fsync each; one lost in a crash is written at the next publish)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,10 @@ def test_status_is_json_or_plain_and_exits_1_while_a_feed_fails(tmp_path: Path, 
     aggregator("poll", "-c", str(config))
     run = aggregator("status", "--json", "-c", str(config))
     assert run.returncode == 0 and json.loads(run.stdout)["status"] == "ok"
+    farm.routes["/bad"] = Answer(410, b"gone for good")  # gone: it needs the user too
+    aggregator("poll", "-c", str(config))
+    run = aggregator("status", "--json", "-c", str(config))
+    assert run.returncode == 1 and json.loads(run.stdout)["feeds"][1]["health"] == "gone"
 
 
 def test_check_lists_every_problem_at_once(tmp_path: Path) -> None:
@@ -199,6 +204,17 @@ def test_poll_and_refresh_ask_the_running_daemon(tmp_path: Path, farm: Farm) -> 
             run = aggregator("refresh", nobody, "-c", str(config))
             assert run.returncode == 2 and f"no feed {nobody!r}" in run.stderr
         assert "polling 1 feeds now, as asked on the control socket" in daemon.logged()
+        # The daemon itself refuses what is not a request, and feeds it does not poll.
+        from aggregator import control
+
+        stranger = "http://127.0.0.1:9/not-in-feeds.xml"
+        answers = control.ask_daemon(tmp_path / ARCHIVE, [stranger])
+        assert answers is not None
+        assert list(answers) == [{"refused": f"not in feeds.yaml: {stranger}"}]
+        with socket.socket(socket.AF_UNIX) as raw, control._address(socket_file) as where:
+            raw.connect(where)
+            raw.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert b'"refused": "not a request' in raw.recv(4096)
     finally:
         daemon.proc.terminate()
         daemon.proc.wait(timeout=30)
@@ -259,11 +275,21 @@ def on_a_terminal(args: list[str], stream: str) -> tuple[int, str, str]:
 
 
 def test_on_a_terminal_a_progress_bar_and_coloured_problems(tmp_path: Path, farm: Farm) -> None:
+    import time
+
     config = two_feeds(tmp_path, farm)
+
+    def slow(request: object) -> Answer:
+        time.sleep(1.0)  # (the bar is drawn ten times a second)
+        return Answer(500, b"oops")
+
+    farm.routes["/bad"] = slow
     code, screen, results = on_a_terminal(["poll", "-c", str(config)], "stderr")
     assert code == 1
-    # the bar: feeds done of all, items archived so far, the rate
+    # the bar: feeds done of all, items archived so far, the rate, the time so far, and
+    # the feed waited for
     assert "2/2" in screen and "2 new" in screen and "feeds/s" in screen, screen
+    assert "1/2" in screen and "0:00:0" in screen and "Flaky" in screen.split("1/2")[1]
     # the failing feed's warning, in yellow, and only the level's colour on it
     assert "\x1b[33mpoll feed=Flaky" in screen, screen
     assert "\x1b[" not in results  # the results themselves are plain text
@@ -273,3 +299,53 @@ def test_on_a_terminal_a_progress_bar_and_coloured_problems(tmp_path: Path, farm
     red = [line for line in screen.splitlines() if "\x1b[31m" in line]
     assert red and "Flaky" in red[0] and farm.url("/bad") in red[0], screen
     assert "│" in screen  # (a table's frame on a terminal only)
+
+
+def test_log_lines_one_namespace_and_colours_only_where_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    import logging
+
+    from aggregator.logs import Namespace, TextFormatter, wants_colour
+
+    renamed = {}
+    for name in ("uvicorn.error", "uvicorn.access", "httpx", "apscheduler.scheduler", "ssl"):
+        record = logging.LogRecord(name, logging.ERROR, __file__, 1, "m", (), None)
+        Namespace().filter(record)
+        renamed[name] = record.name
+    assert renamed == {
+        "uvicorn.error": "aggregator.http",
+        "uvicorn.access": "aggregator.http.access",
+        "httpx": "aggregator.fetch",
+        "apscheduler.scheduler": "aggregator.scheduler",
+        "ssl": "aggregator.ssl",
+    }
+    error = logging.LogRecord("aggregator.x", logging.ERROR, __file__, 1, "Not a feed", (), None)
+    info = logging.LogRecord("aggregator.x", logging.INFO, __file__, 1, "Not a feed", (), None)
+    line = TextFormatter(colour=True).format(error)
+    assert line.startswith("\x1b[31m") and line.endswith("\x1b[0m") and line.count("\x1b[") == 2
+    assert "\x1b[" not in TextFormatter(colour=True).format(info)
+    assert "\x1b[" not in TextFormatter(colour=False).format(error)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert wants_colour(Terminal()) and not wants_colour(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not wants_colour(Terminal())
+
+
+def test_feeds_names_for_completion(tmp_path: Path, farm: Farm) -> None:
+    config = two_feeds(tmp_path, farm)
+    aggregator("poll", "-c", str(config))  # Good's name is learned from its feed
+    run = aggregator("feeds", "--names", "-c", str(config))
+    assert run.stdout.splitlines() == ["Good", "Flaky", farm.url("/ok"), farm.url("/bad")]
+    run = aggregator("feeds", "-c", str(config))
+    assert run.stdout.splitlines() == [f"Good\t{farm.url('/ok')}", f"Flaky\t{farm.url('/bad')}"]
+    listed = [line.split()[0] for line in aggregator("--help").stdout.splitlines()
+              if line.startswith("    ") and not line.startswith("     ")]  # fmt: skip
+    assert "poll" in listed and "feeds" not in listed  # (for completion: not listed)

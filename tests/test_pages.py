@@ -123,8 +123,9 @@ def test_the_daemon_pages_and_feeds_in_a_browser(archive: Path, browser: Browser
         assert older.errors == []
         assert "A word from B" in older.text() and "Page 2 of 2" in older.text()
         assert "← Newer" in older.text()
-        first_again = httpx.get(base + "/page/1/")  # one address a page
-        assert first_again.status_code == 301 and first_again.headers["location"] == "/"
+        for first, root in (("/page/1/", "/"), ("/tags/harbour/page/1/", "/tags/harbour/")):
+            again = httpx.get(base + first)  # one address a page
+            assert again.status_code == 301 and again.headers["location"] == root
         assert httpx.get(base + "/page/3/").status_code == 404
         assert httpx.get(base + "/tags/nowhere/").status_code == 404
         assert "script-src 'self'" in httpx.get(base + "/").headers["content-security-policy"]
@@ -138,6 +139,7 @@ def test_the_daemon_pages_and_feeds_in_a_browser(archive: Path, browser: Browser
         # The feeds, opened in the browser: a page through the stylesheet, not XML text.
         # (A browser asks for text/html first and gets XML, which it styles; a reader
         # gets the feed's own type.)
+        assert page.errors == []  # (the lazy pictures included, loaded by now)
         for accept, expected in (
             ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "application/xml"),
             ("application/atom+xml, application/rss+xml;q=0.9, */*;q=0.1", "application/atom+xml"),
@@ -178,17 +180,23 @@ def test_the_jekyll_site_in_a_browser(archive: Path, browser: Browser, tmp_path:
         a_items = [text.find(t) for t in ("Harbour <b>reopens", "Story number 29", "number 28")]
         assert -1 < a_items[0] < a_items[1] < a_items[2], text
         assert "The text of story 30" in text and "Page 1 of 2" in text
-        when, shown, icon = home.evaluate(
+        when, shown, icon, picture = home.evaluate(
             "(() => { const li = [...document.querySelectorAll('ul.river li')]"
             ".find(li => li.textContent.includes('reopens'));"
             " const t = li.querySelector('time');"
-            " return [t.dateTime, t.textContent, li.querySelector('img.icon').src]; })()"
+            " return [t.dateTime, t.textContent, li.querySelector('img.icon').src,"
+            " li.querySelector('img.picture').src]; })()"
         )
         assert when == "2024-05-30T10:00:00Z" and ("19:00" in shown or "7:00" in shown), shown
         assert icon.endswith("/icon.png")
+        assert picture.endswith("/pic.png")  # the first picture of its text
         older = browser.load(base + "page/2/")
         assert older.errors == [] and "Page 2 of 2" in older.text()
         assert "A word from B" in text + older.text()
+        tag = browser.load(base + "tags/harbour/")
+        assert tag.errors == [] and "Story number 29" in tag.text()
+        assert "A word from B" not in tag.text() and "Page 1 of 2" in tag.text()
+        assert home.errors == []  # (its lazy pictures loaded meanwhile)
 
         # The published feeds, as a static server sends them, through the site's stylesheet.
         feed = browser.load(base + "atom.xml")

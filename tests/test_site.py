@@ -236,3 +236,23 @@ def test_jekyll_builds_the_archive(tmp_path: Path, farm: Farm, clock: StepClock)
     tag = BeautifulSoup((out / "tags" / "zhongwen" / "index.html").read_text(), "html.parser")
     assert len(tag.select("ul.posts li")) == sum(1 for p in posts.values() if "中文" in p.tags)
     assert (out / "tags" / "world" / "atom.xml").is_file() and (out / "feed.json").is_file()
+
+
+def test_the_rivers_later_pages_follow_the_count(tmp_path: Path) -> None:
+    from aggregator.site import PER_PAGE, _write_pages, page_count
+
+    assert [page_count(n) for n in (0, 1, PER_PAGE, PER_PAGE + 1)] == [1, 1, 1, 2]
+    front = "---\nlayout: river\ntag: x\n---\n"
+    _write_pages(tmp_path, front, 3 * PER_PAGE)
+    pages = sorted(p.parent.name for p in (tmp_path / "page").glob("*/index.html"))
+    assert pages == ["2", "3"]
+    assert (tmp_path / "page/3/index.html").read_text() == (
+        "---\nlayout: river\ntag: x\nnumber: 3\n---\n"
+    )
+    (tmp_path / "page" / "²").mkdir()  # (not a page number: left alone, and no error)
+    (tmp_path / "page" / "2" / "notes.txt").write_text("mine")  # a file of the user's
+    _write_pages(tmp_path, front, PER_PAGE)  # posts were removed: one page now
+    assert not (tmp_path / "page" / "3").exists()
+    assert not (tmp_path / "page/2/index.html").exists()
+    assert (tmp_path / "page/2/notes.txt").read_text() == "mine"  # kept, with its folder
+    assert (tmp_path / "page" / "²").is_dir()
