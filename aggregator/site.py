@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SITE_FILES = (
     "_config.yml",
+    "_includes/time.html",
     "_layouts/default.html",
     "_layouts/post.html",
     "_layouts/river.html",
