@@ -292,6 +292,8 @@ def test_on_a_terminal_a_progress_bar_and_coloured_problems(tmp_path: Path, farm
     assert "1/2" in screen and "0:00:0" in screen and "Flaky" in screen.split("1/2")[1]
     # the failing feed's warning, in yellow, and only the level's colour on it
     assert "\x1b[33mpoll feed=Flaky" in screen, screen
+    message = screen.split("\x1b[33mpoll feed=Flaky")[1].split("\x1b[0m")[0]
+    assert "HTTP 500" in message and "\x1b[" not in message  # no value coloured apart
     assert "\x1b[" not in results  # the results themselves are plain text
     # status: a table, the failing feed in red, its URL whole
     code, screen, _ = on_a_terminal(["status", "-c", str(config)], "stdout")
