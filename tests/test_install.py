@@ -93,31 +93,31 @@ def test_installed_it_works_without_the_repository(
     assert made.returncode == 0, made.stderr
     first_line = (tmp_path / "elsewhere" / "feeds.yaml").read_text().splitlines()[0]
     assert "aggregator help feeds.yaml" in first_line and "README" not in first_line
-    port = free_port()
-    daemon = subprocess.Popen(
-        [installed / "aggregator", "run", "-c", str(config), "--port", str(port), "-q"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: b"local story 1" in _get(port, "/atom.xml"), "the feed served", 60)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        _, errors = daemon.communicate(timeout=60)
-    assert daemon.returncode == 0, errors
+    served = serving(installed, ["run", "-c", str(config)], tmp_path, b"local story 1")
+    assert served.returncode == 0, served.stderr
 
     # demo: the bundled example feeds, served and merged.
+    served = serving(installed, ["demo"], tmp_path, b"<entry>")
+    assert served.returncode == 0, served.stderr
+    assert b"Subscribe in your feed reader" in served.stdout
+
+
+def serving(
+    bin_: Path, args: list[str], cwd: Path, expected: bytes
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``aggregator ARGS --port P -q`` until its /atom.xml holds ``expected``, then
+    stop it with SIGTERM; what it said and its exit status."""
     port = free_port()
-    demo = subprocess.Popen(
-        [installed / "aggregator", "demo", "--port", str(port), "-q"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    process = subprocess.Popen(
+        [bin_ / "aggregator", *args, "--port", str(port), "-q"],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        wait_for(lambda: b"<entry>" in _get(port, "/atom.xml"), "the demo's merged feed", 60)
+        wait_for(lambda: expected in _get(port, "/atom.xml"), f"{args[0]}'s merged feed", 60)
     finally:
-        demo.send_signal(signal.SIGTERM)
-        out, errors = demo.communicate(timeout=60)
-    assert demo.returncode == 0, errors
-    assert b"Subscribe in your feed reader" in out
+        process.send_signal(signal.SIGTERM)
+        out, errors = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, errors)
 
 
 def _get(port: int, path: str) -> bytes:
