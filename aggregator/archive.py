@@ -367,7 +367,8 @@ class Archive:
                         "version archived last", post.author, post.source, limit,
                     )  # fmt: skip
                 continue
-            revised.append((self._rewritten(post, was, now), 0 if dated else was.revisions + 1))
+            rewritten = self._rewritten(post, was, truncate_ms(now))
+            revised.append((rewritten, 0 if dated else was.revisions + 1))
         self.state.note_digests(unrecorded)
         self.state.stop_revising(capped, limit)
         if not revised:
@@ -389,9 +390,7 @@ class Archive:
                 updated = read_post(archived, was.path).updated
             except (OSError, ValueError):  # removed or broken by hand: `reindex` says so
                 continue
-            said = read_post(post.text, was.path)
-            now = dataclasses.replace(said, archived=was.archived, updated=updated)
-            text = render_post(now)
+            text = self._rewritten(post, was, updated).text
             if text != archived:
                 done.append(dataclasses.replace(post, path=was.path, text=text))
         if done:
@@ -432,16 +431,16 @@ class Archive:
         return None
 
     @staticmethod
-    def _rewritten(post: Post, was: Known, now: datetime) -> Post:
-        """``post`` as the file it replaces: its path, first archive time, and now as its
-        ``updated`` (re-rendered from the text the worker rendered)."""
+    def _rewritten(post: Post, was: Known, updated: datetime | None) -> Post:
+        """``post`` as the file it replaces: its path, first archive time, and ``updated``
+        (re-rendered from the text the worker rendered)."""
         said = read_post(post.text, was.path)
         revised = dataclasses.replace(
             said,
             key=was.key,
             feed_url=post.feed_url,
             archived=was.archived,
-            updated=truncate_ms(now),
+            updated=updated,
             digest=post.digest,
             source_updated=post.source_updated,
         )

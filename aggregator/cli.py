@@ -208,16 +208,13 @@ def _learned_names(cfg: Config) -> dict[str, str]:
 
     try:
         state = read_index(cfg.archive)
+        try:
+            return state.feed_names()
+        finally:
+            state.close()
     except AggregatorError as e:
         logging.getLogger(__name__).debug("no learned names: %s", e)
         return {}
-    try:
-        return state.feed_names()
-    except AggregatorError as e:
-        logging.getLogger(__name__).debug("no learned names: %s", e)
-        return {}
-    finally:
-        state.close()
 
 
 def _poll_by_daemon(cfg: Config, only: set[str] | None, quiet: bool, locked: Exception) -> int:
@@ -400,15 +397,17 @@ def status(args: argparse.Namespace) -> int:
             state.close()
     except AggregatorError as e:
         raise _fail(e) from None
-    troubled = [r for r in rows if r.health.state in (Health.FAILING, Health.OVERDUE, Health.GONE)]
+    troubled = [r for r in rows if not r.health.ok]  # failing, overdue or gone
 
-    def when(moment: datetime | None) -> str | None:
-        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else None
+    def when(moment: datetime | None) -> str:
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else "-"
 
-    feeds = []
+    feeds: list[dict[str, object]] = []
+    table: list[tuple[str, ...]] = []
     for row in rows:
-        s = row.status
-        gone = row.health.state is Health.GONE
+        s, gone = row.status, row.health.state is Health.GONE
+        last, following = (s.last_poll, s.next_poll) if s else (None, None)
+        new, errors = recent.get(row.url, 0), s.errors_in_a_row if s else 0
         feeds.append(
             {
                 "name": row.name,
@@ -416,13 +415,17 @@ def status(args: argparse.Namespace) -> int:
                 "health": str(row.health.state),
                 "outcome": (str(s.outcome) if s and s.outcome else None),
                 "error": row.health.reason if not row.health.ok else None,
-                "last_poll": s.last_poll.isoformat() if s and s.last_poll else None,
-                "next_poll": None if gone or not s or not s.next_poll else s.next_poll.isoformat(),
+                "last_poll": last.isoformat() if last else None,
+                "next_poll": following.isoformat() if following and not gone else None,
                 "http_status": s.http_status if s else None,
-                "errors_in_a_row": s.errors_in_a_row if s else 0,
-                "new_24h": recent.get(row.url, 0),
+                "errors_in_a_row": errors,
+                "new_24h": new,
             }
         )
+        table.append(
+            (row.name, row.url, when(last), row.shown, str(new), str(errors),
+             "gone" if gone else when(following))
+        )  # fmt: skip
     code = EXIT_FAILED if troubled else EXIT_OK
     if args.json:
         summary = {"status": "degraded" if troubled else "ok", "troubled": len(troubled)}
@@ -430,18 +433,6 @@ def status(args: argparse.Namespace) -> int:
         print(json.dumps({**summary, "feeds": feeds}, ensure_ascii=False, indent=2))
         return code
     header = ("name", "url", "last poll (UTC)", "outcome", "new 24h", "errors", "next poll (UTC)")
-    table: list[tuple[str, ...]] = []
-    for row, feed in zip(rows, feeds, strict=True):
-        s = row.status
-        outcome = str(feed["outcome"] or "not polled yet")
-        if not row.health.ok:
-            outcome = row.health.describe()
-        last, following = when(s.last_poll if s else None), when(s.next_poll if s else None)
-        following = "gone" if row.health.state is Health.GONE else following
-        table.append(
-            (row.name, row.url, last or "-", outcome, str(feed["new_24h"]),
-             str(feed["errors_in_a_row"]), following or "-")
-        )  # fmt: skip
     if sys.stdout.isatty():
         _print_table(header, table, [r.health.state for r in rows])
     else:  # for grep, awk and mail: no frame, no colour, no cut, no padding at line ends

@@ -552,17 +552,16 @@ def load_config(path: Path) -> Config:
     """Read and validate ``path``; raise :class:`ConfigError` listing every problem."""
     name = str(path)
     data, lines = _read_yaml(path)
-    problems: list[ConfigProblem] = []
+    notes = _Notes(name, lines)
+    problems = notes.problems
 
     def report(loc: Loc, message: str) -> None:
-        line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
-        problems.append(ConfigProblem(name, line, format_loc(loc), message))
+        notes.say(problems, loc, message)
 
     top = _TOP(data, (), report)
     if top:
         _check_settings(top, report)
     base = path.resolve().parent
-    notes = _Notes(name, lines)
     accesses = [
         _access(feed, ("feeds", i), base, notes, report)
         for i, feed in enumerate(top.get("feeds") or ())
@@ -628,15 +627,17 @@ def load_config(path: Path) -> Config:
 
 
 class _Notes:
-    """What loading says besides problems: warnings, and secrets it could not read."""
+    """What loading says: problems, warnings, and secrets it could not read, each with
+    the line of its key (or of the nearest enclosing one)."""
 
     def __init__(self, file: str, lines: dict[Loc, int]) -> None:
         self.file, self.lines = file, lines
+        self.problems: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
         self.missing: list[ConfigProblem] = []
 
     def say(self, into: list[ConfigProblem], loc: Loc, message: str) -> None:
-        found = (self.lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in self.lines)
+        found = (self.lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in self.lines)
         into.append(ConfigProblem(self.file, next(found, None), format_loc(loc), message))
 
 

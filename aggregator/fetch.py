@@ -131,17 +131,22 @@ async def fetch_feed(
                 sink=sink,
                 hop=hop,
             )
-    except TimeoutError:
-        shown = public_url(url)[0]
-        raise FetchError(shown, f"no complete answer within {settings.deadline:g} s") from None
-    except httpx.TimeoutException as e:
-        raise FetchError(public_url(url)[0], f"timed out ({type(e).__name__})") from e
-    except httpx.HTTPError as e:
-        raise FetchError(public_url(url)[0], _describe(e)) from e
-    except httpx.InvalidURL as e:  # raised for a bad Location header too
-        raise FetchError(public_url(url)[0], f"invalid URL: {e}") from e
-    except httpx.StreamError as e:
-        raise FetchError(public_url(url)[0], f"{type(e).__name__}: {e}") from e
+    except (TimeoutError, httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as e:
+        cause = None if isinstance(e, TimeoutError) else e
+        raise FetchError(public_url(url)[0], _reason(e, settings)) from cause
+
+
+def _reason(error: Exception, settings: FetchSettings) -> str:
+    """Why a fetch failed, in one line (the URL is said apart)."""
+    if isinstance(error, TimeoutError):  # the whole fetch's deadline
+        return f"no complete answer within {settings.deadline:g} s"
+    if isinstance(error, httpx.TimeoutException):
+        return f"timed out ({type(error).__name__})"
+    if isinstance(error, httpx.HTTPError):
+        return _describe(error)
+    if isinstance(error, httpx.InvalidURL):  # raised for a bad Location header too
+        return f"invalid URL: {error}"
+    return f"{type(error).__name__}: {error}"
 
 
 def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:

@@ -56,6 +56,13 @@ class FeedRow:
     def url(self) -> str:
         return self.source.url
 
+    @property
+    def shown(self) -> str:
+        """Its last outcome (``new``, ``unchanged``), ``not polled yet``, or what is wrong."""
+        if not self.health.ok:
+            return self.health.describe()
+        return str(self.status.outcome) if self.status and self.status.outcome else "not polled yet"
+
 
 def feed_rows(config: Config, statuses: Mapping[str, FeedStatus], now: datetime) -> list[FeedRow]:
     return [

@@ -113,7 +113,7 @@ class FeedSource:
             said += ("updates: false",)
         if self.access is not None:
             said += (self.access.fingerprint,)
-        if self.full_text or self.media != MEDIA_OFF:
+        if self.enriched:
             said += (self.full_text, self.media)
         return repr(said)
 

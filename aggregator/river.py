@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 from aggregator import __version__
 from aggregator.archive import ATOM_FILE, JSON_FILE, RSS_FILE
 from aggregator.errors import AggregatorError
-from aggregator.health import feed_rows
-from aggregator.lifecycle import display_name
+from aggregator.health import FeedRow, feed_rows
 from aggregator.posts import LOCAL_MEDIA
 from aggregator.sanitize import html_to_text, proxy_image
 from aggregator.site import PER_PAGE, TAGS_DIR, Tag, config_tags, page_count
@@ -69,11 +68,11 @@ class Excerpts:
             return "", None
         words = html_to_text(post.content).split()
         excerpt = " ".join(words[:EXCERPT_WORDS]) + (" …" if len(words) > EXCERPT_WORDS else "")
-        picture = post.image
-        if not _shown(picture):
+        picture = post.image  # (read_post keeps only an http(s) URL or a kept file)
+        if picture is None:
             first = _FIRST_IMAGE.search(post.content)
             picture = html.unescape(first.group(1)) if first else None
-        elif picture and is_http_url(picture) and site.config.image_proxy:
+        elif is_http_url(picture) and site.config.image_proxy:
             picture = proxy_image(picture, site.config.image_proxy)
         self._known[version] = found = (excerpt, picture if _shown(picture) else None)
         if len(self._known) > _CACHED:
@@ -105,8 +104,9 @@ def render_river(site: Site, tag: Tag | None = None, number: int = 1) -> str | N
     if not 1 <= number <= pages:
         return None
     statuses = site.feed_statuses()
+    rows = feed_rows(cfg, statuses, site.clock())
     icons = {url: s.icon for url, s in statuses.items() if s.icon}
-    names = {f.url: display_name(f, statuses.get(f.url)) for f in cfg.feeds}
+    names = {row.url: row.name for row in rows}
     if cfg.image_proxy:
         icons = {url: proxy_image(icon, cfg.image_proxy) for url, icon in icons.items()}
     root = f"/{TAGS_DIR}/{tag.slug}/" if tag else "/"
@@ -135,7 +135,7 @@ def render_river(site: Site, tag: Tag | None = None, number: int = 1) -> str | N
         + "</nav>"
     )
     river = "\n".join(items) or "<li>Nothing archived yet: the first poll has not finished.</li>"
-    return _page(site, tag, f'<ol class="river">\n{river}\n</ol>\n{nav}', icons)
+    return _page(site, tag, f'<ol class="river">\n{river}\n</ol>\n{nav}', icons, rows)
 
 
 def _icon(url: str | None) -> str:
@@ -145,23 +145,22 @@ def _icon(url: str | None) -> str:
     return f'<img class="icon" src="{src}" alt="" width="16" height="16" loading="lazy">'
 
 
-def _page(site: Site, tag: Tag | None, river: str, icons: dict[str, str]) -> str:
+def _page(
+    site: Site, tag: Tag | None, river: str, icons: dict[str, str], rows: list[FeedRow]
+) -> str:
     cfg, e = site.config, html.escape
     title = f"{cfg.title}: {tag.name}" if tag else cfg.title
     root = f"/{TAGS_DIR}/{tag.slug}/" if tag else "/"
     sources = []
-    for row in feed_rows(cfg, site.feed_statuses(), site.clock()):
+    for row in rows:
         if tag and row.url not in tag.feed_urls:
             continue
         status = row.status
-        state = (status.outcome if status else None) or "not polled yet"
-        if not row.health.ok:
-            state = row.health.describe()
         last = time_element(status.last_poll) if status and status.last_poll else ""
         link = e(row.url) if is_http_url(row.url) else ""
         sources.append(
             f'<tr><td>{_icon(icons.get(row.url))}<a href="{link}">{e(row.name)}</a></td>'
-            f"<td>{e(state)}</td><td>{last}</td></tr>"
+            f"<td>{e(row.shown)}</td><td>{last}</td></tr>"
         )
     alternates = "\n".join(
         f'<link rel="alternate" type="{kind}" title="{e(title)} ({label})" href="{root}{name}">'

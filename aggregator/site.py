@@ -120,8 +120,7 @@ def _digest(data: bytes) -> str:
 def write_site_data(config: Config, root: Path, tags: list[Tag], state: State) -> None:
     """``_data/aggregator.yml``, one page per tag and the river's later pages (home and
     tags), rewritten only when they change."""
-    names = state.feed_names()
-    icons = {names[url]: s.icon for url, s in state.statuses().items() if s.icon and url in names}
+    icons = {s.name: s.icon for s in state.statuses().values() if s.icon and s.name}
     data = {
         "title": config.title,
         "description": config.description,

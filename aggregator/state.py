@@ -116,7 +116,7 @@ _ADDED = {
 _BATCH = 500  # keys per IN (...) query
 BUSY_TIMEOUT_MS = 10_000  # how long to wait for another process's lock on the index
 _PUBLISH_NEEDED = "publish_needed"  # meta key: posts were archived since the last publish
-_MARK_BEHIND = "INSERT OR REPLACE INTO meta VALUES ('publish_needed', '1')"  # (_PUBLISH_NEEDED)
+_MARK_BEHIND = f"INSERT OR REPLACE INTO meta VALUES ('{_PUBLISH_NEEDED}', '1')"  # noqa: S608
 _DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 
@@ -283,6 +283,7 @@ class State:
         self._columns = _FEED_COLUMNS
         self._old = False  # read-only, of schema 1: no meta table, no local_errors column
         self._items = _ITEM_COLUMNS
+        self._counted = True  # the feed_posts counters exist (not in an older read-only one)
         try:
             if readonly:  # for `status`, `serve` and export-opml, next to a running daemon
                 self._db = self._open_readonly(path)
@@ -292,6 +293,11 @@ class State:
                 have = {row[1] for row in self._db.execute("PRAGMA table_info(feeds)")}
                 if "icon" not in have:  # (written by an earlier release)
                     self._columns = self._columns.replace(", icon", ", NULL")
+                self._counted = bool(
+                    self._db.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'feed_posts'"
+                    ).fetchone()
+                )
                 if self._db.execute("PRAGMA user_version").fetchone()[0] < 3:
                     self._items = _ITEM_COLUMNS.replace("link", "key")  # keys were links
                 return
@@ -624,12 +630,11 @@ class State:
             every = self._read("SELECT count(*) FROM items")[0][0]
             return int(every - self._read("SELECT count(*) FROM items WHERE pending = 1")[0][0])
         only, values = _only(feeds)
-        try:
+        if self._counted:
             query = f"SELECT sum(posts) FROM feed_posts WHERE 1{only}"  # noqa: S608
-            return int(self._read(query, tuple(values))[0][0] or 0)
-        except ArchiveError:  # an index an earlier release wrote, read-only: no feed_posts
+        else:  # an index an earlier release wrote, read-only
             query = "SELECT count(*) FROM items WHERE pending = 0" + only  # noqa: S608
-            return int(self._read(query, tuple(values))[0][0])
+        return int(self._read(query, tuple(values))[0][0] or 0)
 
     def has_items(self) -> bool:
         """Whether anything is indexed, pending or not (cheap, whatever the size)."""
