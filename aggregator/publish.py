@@ -81,6 +81,7 @@ class Channel:
     link: str  # the web page the feed belongs to
     folder: str  # URL of the folder its files are published in
     podcast: Podcast = field(default_factory=Podcast)
+    stylesheet: str = ""  # path (from the host's root) of the site's assets/feed.xsl
 
 
 def publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
@@ -98,7 +99,8 @@ def publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
 
 def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
     base = site_base(config.link)
-    main = Channel(config.title, config.description, config.link, base, config.podcast)
+    stylesheet = f"{urlsplit(base).path}assets/{FEED_STYLESHEET}"
+    main = Channel(config.title, config.description, config.link, base, config.podcast, stylesheet)
     items = _load_items(archive, archive.state.newest(config.max_items), {}, config.link)
     paths = _write_feed(archive.root, main, items, now)
     known = {item.key: item for item in items}  # tag feeds mostly hold these same items
@@ -111,6 +113,7 @@ def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
             folder,
             folder,
             tag.podcast,
+            stylesheet,
         )
         records = archive.state.newest(config.max_items, feeds=tag.feed_urls)
         tagged = _load_items(archive, records, known, config.link)
@@ -258,16 +261,14 @@ def _build_xml(
     document: bytes = fg.atom_str(pretty=True) if atom else fg.rss_str(pretty=True)
     if atom:
         document = _with_atom_enclosures(document, items)
-    return _with_stylesheet(document, channel.folder)
+    return _with_stylesheet(document, channel.stylesheet) if channel.stylesheet else document
 
 
-def _with_stylesheet(document: bytes, folder: str) -> bytes:
+def _with_stylesheet(document: bytes, path: str) -> bytes:
     """The feed with an ``xml-stylesheet`` instruction: a browser shows it as a page that
-    says how to subscribe (assets/feed.xsl of the site); readers ignore it. Its path is
-    the site's own (same origin, as browsers require of a stylesheet), from its root."""
-    path = urlsplit(folder).path
-    site_root = path.split(f"/{TAGS_DIR}/")[0].rstrip("/")
-    href = xml_escape(f"{site_root}/assets/{FEED_STYLESHEET}", {'"': "&quot;"})
+    says how to subscribe (assets/feed.xsl of the site); readers ignore it. Its ``path``
+    is the site's own (same origin, as browsers require of a stylesheet), from its root."""
+    href = xml_escape(path, {'"': "&quot;"})
     instruction = f'<?xml-stylesheet type="text/xsl" href="{href}"?>\n'.encode()
     declaration_end = document.find(b"?>") + 2 if document.startswith(b"<?xml") else 0
     return b"%s\n%s%s" % (

@@ -147,3 +147,25 @@ def test_only_http_urls_are_linked_whatever_field_they_came_from(tmp_path: Path)
     items = json.loads((cfg.archive / "feed.json").read_text())["items"]
     assert sorted(i["url"] for i in items) == sorted(["https://ex.com/", cfg.link])
     assert all(i["id"].startswith(("https://", "urn:")) for i in items)
+
+
+@pytest.mark.parametrize(
+    ("link", "href"),
+    [
+        ("http://127.0.0.1:8080/", "/assets/feed.xsl"),
+        ("https://example.org/news", "/news/assets/feed.xsl"),
+        ("https://example.org/tags/world/", "/tags/world/assets/feed.xsl"),  # (a site there)
+    ],
+)
+def test_the_feeds_name_the_sites_stylesheet(tmp_path: Path, link: str, href: str) -> None:
+    cfg = load_config(
+        write_config(tmp_path, [{"url": "https://ex.com/feed", "tags": ["news"]}], link=link)
+    )
+    with Archive(cfg.archive) as arc:
+        fill(arc, 2)
+        publish(cfg, arc, NOW)
+    instruction = f'<?xml-stylesheet type="text/xsl" href="{href}"?>'.encode()
+    for name in ("feed.xml", "atom.xml", "tags/news/feed.xml", "tags/news/atom.xml"):
+        lines = (cfg.archive / name).read_bytes().splitlines()
+        assert lines[0].startswith(b"<?xml ") and lines[1] == instruction, name
+    assert feedparser.parse((cfg.archive / "tags/news/atom.xml").read_bytes()).entries
