@@ -42,7 +42,7 @@ pytest: $(VENV)/.installed-test
 
 test: lint typecheck pytest  ## everything CI runs
 
-# The side-by-side benchmark (by hand, about 30 minutes): writes bench/RESULTS.md.
+# The side-by-side benchmark (by hand, about 40 minutes): writes bench/RESULTS.md.
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	touch $@

@@ -5,7 +5,7 @@ Every figure is the wall time of a whole process, from start to exit, as a user 
 Tools alternate within each round (A B C, then B C A, ...) so that a noisy neighbour on
 this shared machine hurts all of them alike; medians are reported with min and max.
 
-    python bench/run.py                # everything (about 20 minutes on 2 cores)
+    python bench/run.py                # everything (about 40 minutes on 2 cores)
     python bench/run.py --quick        # a tiny farm, one round: checks that it all runs
 """
 

@@ -24,7 +24,6 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -83,9 +82,9 @@ def _above_4(fd: int) -> int:
 class Browser:
     """A headless Chromium of its own (temporary profile), for one ``with`` block."""
 
-    def __init__(self, binary: str | None = None, flags: Sequence[str] = ()) -> None:
+    def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or find_chromium()
-        self.flags = (*FLAGS, *flags)
+        self.flags = FLAGS
         self._ids = itertools.count(1)
         self._inbox: queue.Queue[Message | None] = queue.Queue()
         self._pages: dict[str, Page] = {}
@@ -196,7 +195,7 @@ class Browser:
         its load event."""
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})
-        page = self._pages[session["sessionId"]] = Page(self, session["sessionId"], target, url)
+        page = self._pages[session["sessionId"]] = Page(self, session["sessionId"])
         for domain in ("Runtime", "Log", "Page"):
             page.call(f"{domain}.enable")
         if timezone:
@@ -215,9 +214,7 @@ class Page:
     exceptions, and error log entries (failed loads, CSP violations); events are read
     while waiting for replies, so each call (such as ``text()``) takes in the latest."""
 
-    def __init__(self, browser: Browser, session: str, target: str, url: str) -> None:
-        self.url = url
-        self.target = target
+    def __init__(self, browser: Browser, session: str) -> None:
         self.errors: list[str] = []
         self.loaded = False
         self._browser = browser
@@ -258,17 +255,12 @@ class Page:
     def text(self) -> str:
         return str(self.evaluate("document.body ? document.body.innerText : ''"))
 
-    def html(self) -> str:
-        return str(self.evaluate("document.documentElement.outerHTML"))
-
     def screenshot(
         self, path: str | os.PathLike[str], width: int = 1200, height: int = 900
     ) -> None:
+        """A PNG of the page at that size (how README's picture of the home page is made:
+        ``aggregator demo``, then this on its ``/``)."""
         metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
         self.call("Emulation.setDeviceMetricsOverride", metrics)
         data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
         Path(path).write_bytes(base64.b64decode(data))
-
-    def close(self) -> None:
-        """Close the tab (a browser kept for many tests need not keep them all)."""
-        self._browser.call("Target.closeTarget", {"targetId": self.target})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -126,3 +128,23 @@ def rss(
         parts.append("</item>")
     parts.append("</channel></rss>")
     return "".join(parts).encode()
+
+
+def png(seed: int, size: int = 1) -> bytes:
+    """A valid PNG picture, different for each ``seed`` (``size`` pads it: a bigger file)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" + bytes([seed % 256, seed // 256 % 256, 7]))
+    padding = chunk(b"tEXt", b"c\x00" + b"x" * size) if size > 1 else b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + padding
+        + chunk(b"IDAT", pixels)
+        + chunk(b"IEND", b"")
+    )

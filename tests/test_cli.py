@@ -22,6 +22,10 @@ COMMANDS = [
     "import-opml",
     "export-opml",
     "demo",
+    "refresh",
+    "init",
+    "help",
+    "completion",
 ]
 
 

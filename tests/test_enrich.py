@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import BinaryIO
 from xml.etree import ElementTree as ET
@@ -22,7 +20,7 @@ from aggregator.models import Config
 from aggregator.pipeline import run_pass
 from aggregator.posts import LOCAL_MEDIA, read_post
 from tests.conftest import StepClock, debian_program, write_config
-from tests.farm import Answer, Farm, Raw, Request
+from tests.farm import Answer, Farm, Raw, Request, png
 
 ARTICLE = (Path(__file__).parent / "data" / "fulltext" / "article.html").read_text()
 LEFT_OUT = ("COMMENT-MARKER", "FOOTER-MARKER", "RELATED-MARKER", "Subscribe for 1 euro",
@@ -31,26 +29,6 @@ SVG = (
     b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)">'
     b"<script>alert(document.cookie)</script></svg>"
 )
-
-
-def png(seed: int, size: int = 1) -> bytes:
-    """A valid PNG picture, different for each ``seed`` (``size`` pads it: a bigger file)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00" + bytes([seed % 256, seed // 256 % 256, 7]))
-    padding = chunk(b"tEXt", b"c\x00" + b"x" * size) if size > 1 else b""
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + padding
-        + chunk(b"IDAT", pixels)
-        + chunk(b"IEND", b"")
-    )
 
 
 def page(i: int, image: str = "/img/river.png") -> Answer:

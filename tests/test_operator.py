@@ -120,31 +120,31 @@ def test_json_logs_carry_fields_under_one_namespace(tmp_path: Path, farm: Farm) 
     assert bad["level"] == "warning" and bad["reason"] == "HTTP 500 Internal Server Error"
 
 
-def test_under_systemd_lines_carry_journald_priorities(tmp_path: Path, farm: Farm) -> None:
-    config = two_feeds(tmp_path, farm)
+def under_journald(tmp_path: Path, *args: str) -> list[str]:
+    """The lines ``aggregator ARGS`` writes to a stderr that systemd's JOURNAL_STREAM
+    names, as journald would get them."""
+    import subprocess
+    import sys
+
     log = tmp_path / "journal"
     with log.open("w") as stream:
         st = os.fstat(stream.fileno())
-        import subprocess
-        import sys
-
         subprocess.run(
-            [sys.executable, "-m", "aggregator", "poll", "-c", str(config)],
+            [sys.executable, "-m", "aggregator", *args],
             stdout=subprocess.DEVNULL, stderr=stream, timeout=120, check=False,
             env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
         )  # fmt: skip
-    lines = log.read_text().splitlines()
+    return log.read_text().splitlines()
+
+
+def test_under_systemd_lines_carry_journald_priorities(tmp_path: Path, farm: Farm) -> None:
+    config = two_feeds(tmp_path, farm)
+    lines = under_journald(tmp_path, "poll", "-c", str(config))
     assert any(line.startswith("<4>aggregator.pipeline: poll feed=Flaky") for line in lines)
     assert any(line.startswith("<6>aggregator.pipeline: poll feed=Good") for line in lines)
     assert all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines
     # JSON lines too (the shipped systemd unit asks for JSON): journald takes the prefix off.
-    with log.open("w") as stream:
-        subprocess.run(
-            [sys.executable, "-m", "aggregator", "poll", "--log-format", "json", "-c", str(config)],
-            stdout=subprocess.DEVNULL, stderr=stream, timeout=120, check=False,
-            env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
-        )  # fmt: skip
-    lines = log.read_text().splitlines()
+    lines = under_journald(tmp_path, "poll", "--log-format", "json", "-c", str(config))
     flaky = [line for line in lines if '"feed": "Flaky"' in line]
     assert flaky and flaky[0].startswith("<4>{")
     assert json.loads(flaky[0][3:])["outcome"] == "error"

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import re
 import signal
-import struct
 import subprocess
 import sys
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 from aggregator.demo import serve_folder
 from tests.browser import Browser
 from tests.conftest import debian_program, write_config
-from tests.farm import Answer, Farm, rss
+from tests.farm import Answer, Farm, png, rss
 from tests.test_cli import aggregator
 from tests.test_daemon import wait_for
 from tests.test_scheduler import free_port
@@ -28,26 +26,12 @@ pytestmark = pytest.mark.slow
 READER_ZONE = "Asia/Tokyo"  # UTC+9, no daylight saving time
 
 
-def png() -> bytes:
-    """A valid 1×1 PNG."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00\xff\x80\x00")
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    )
-
-
 def atom(farm: Farm, count: int) -> bytes:
     """An Atom feed with an icon and ``count`` dated entries, newest first; the newest
     has a picture in its text and markup in its title."""
     entries = []
     for i in range(count, 0, -1):
-        day = f"2024-05-{i:02d}" if i <= 31 else f"2024-06-{i - 31:02d}"
+        day = f"2024-05-{i:02d}"  # (count ≤ 31)
         title = "Harbour &lt;b&gt;reopens&lt;/b&gt; at dawn" if i == count else f"Story number {i}"
         picture = f'&lt;img src="{farm.url("/pic.png")}"&gt;' if i == count else ""
         entries.append(
@@ -64,23 +48,24 @@ def atom(farm: Farm, count: int) -> bytes:
 
 
 @pytest.fixture
-def archive(tmp_path: Path, farm: Farm) -> Path:
-    """An archive of 31 posts (two pages of the river) from two feeds, one with an icon."""
+def config(tmp_path: Path, farm: Farm) -> Path:
+    """The feeds.yaml of an archive of 31 posts (two pages of the river) from two feeds,
+    one with an icon."""
     farm.routes["/icon.png"] = farm.routes["/pic.png"] = Answer(
-        200, png(), {"Content-Type": "image/png"}
+        200, png(0), {"Content-Type": "image/png"}
     )
     farm.routes["/a"] = Answer(200, atom(farm, 30))
     farm.routes["/b"] = Answer(200, rss([{"title": "A word from B", "link": "https://b.example/1",
                                           "pubDate": "Mon, 01 Jan 2024 08:00:00 GMT",
                                           "description": "B says hello."}], title="Feed B"))  # fmt: skip
-    config = write_config(
+    path = write_config(
         tmp_path,
         [{"url": farm.url("/a"), "tags": ["harbour"]}, {"url": farm.url("/b")}],
         link="http://127.0.0.1:4000/",
     )
-    run = aggregator("poll", "-c", str(config))
+    run = aggregator("poll", "-c", str(path))
     assert run.returncode == 0, run.stderr
-    return config
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +74,11 @@ def browser() -> Iterator[Browser]:
         yield running
 
 
-def test_the_daemon_pages_and_feeds_in_a_browser(archive: Path, browser: Browser) -> None:
+def test_the_daemon_pages_and_feeds_in_a_browser(config: Path, browser: Browser) -> None:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "serve", "-c", str(archive), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "aggregator", "serve", "-c", str(config), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -162,9 +147,9 @@ def test_the_daemon_pages_and_feeds_in_a_browser(archive: Path, browser: Browser
         server.wait(timeout=30)
 
 
-def test_the_jekyll_site_in_a_browser(archive: Path, browser: Browser, tmp_path: Path) -> None:
+def test_the_jekyll_site_in_a_browser(config: Path, browser: Browser, tmp_path: Path) -> None:
     jekyll = debian_program("jekyll", "jekyll")
-    root = archive.parent / "archive"
+    root = config.parent / "archive"
     site = tmp_path / "_site"
     build = subprocess.run(
         [jekyll, "build", "--source", str(root), "--destination", str(site), "--quiet"],
