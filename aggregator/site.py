@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -40,6 +41,7 @@ DATA_FILE = "_data/aggregator.yml"
 TAG_PAGE = "index.html"
 PAGES_DIR = "page"  # page/2/index.html, ...: the river's later pages (home and tags)
 PER_PAGE = 25  # posts a page of the river, on the site and the daemon's pages alike
+HOME_FRONT = "---\nlayout: river\n---\n"  # of the home page's later pages
 _TAG_FILES = (TAG_PAGE, RSS_FILE, ATOM_FILE, JSON_FILE)  # what a tag folder may hold of ours
 
 
@@ -146,9 +148,10 @@ def write_site_data(config: Config, root: Path, tags: list[Tag], state: State) -
             f"tag_slug: {tag.slug}\n"
             "---\n"
         )
-        _write_if_changed(root / TAGS_DIR / tag.slug / TAG_PAGE, page.encode())
-        _write_pages(root / TAGS_DIR / tag.slug, page, state.count(feeds=tag.feed_urls))
-    _write_pages(root, "---\nlayout: river\n---\n", state.count())
+        changed = _write_if_changed(root / TAGS_DIR / tag.slug / TAG_PAGE, page.encode())
+        posts = state.count(feeds=tag.feed_urls)
+        _write_pages(root / TAGS_DIR / tag.slug, page, posts, rewrite=changed)
+    _write_pages(root, HOME_FRONT, state.count())
     remove_stale_tags(root, {t.slug for t in tags})
 
 
@@ -157,22 +160,30 @@ def page_count(posts: int) -> int:
     return max(1, -(-posts // PER_PAGE))
 
 
-def _write_pages(folder: Path, front: str, posts: int) -> None:
+def _write_pages(folder: Path, front: str, posts: int, rewrite: bool = False) -> None:
     """``folder/page/N/index.html`` for every page after the first of ``posts`` posts
-    (the front matter of the first, plus its number); those beyond are removed."""
+    (the front matter of the first, plus its number); those beyond are removed.
+
+    A page's file depends on its number and the first page's front matter only: those
+    already there are written again only when that front matter changed (``rewrite``), so
+    that a publish costs one listing of the folder, not a read of every page."""
     pages = page_count(posts)
+    listed = folder / PAGES_DIR
+    try:
+        there = {entry.name: entry for entry in os.scandir(listed)}
+    except FileNotFoundError:
+        there = {}
     for number in range(2, pages + 1):
-        text = front.removesuffix("---\n") + f"number: {number}\n---\n"
-        # (one a page: no fsync each; one lost in a crash is written at the next publish)
-        _write_if_changed(folder / PAGES_DIR / str(number) / TAG_PAGE, text.encode(), False)
-    beyond = folder / PAGES_DIR
-    if beyond.is_dir():
-        for sub in beyond.iterdir():
-            number = int(sub.name) if sub.name.isascii() and sub.name.isdigit() else 0
-            if number > pages and not sub.is_symlink():
-                (sub / TAG_PAGE).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):  # the user put something else there
-                    sub.rmdir()
+        if rewrite or str(number) not in there:
+            text = front.removesuffix("---\n") + f"number: {number}\n---\n"
+            # (one a page: no fsync each; one lost in a crash is written at the next publish)
+            _write_if_changed(listed / str(number) / TAG_PAGE, text.encode(), False)
+    for name, entry in there.items():
+        number = int(name) if name.isascii() and name.isdigit() else 0
+        if number > pages and not entry.is_symlink():
+            (listed / name / TAG_PAGE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the user put something else there
+                (listed / name).rmdir()
 
 
 def remove_stale_tags(root: Path, keep: set[str]) -> None:
@@ -196,10 +207,12 @@ def remove_stale_tags(root: Path, keep: set[str]) -> None:
             log.info("removed the feeds of tag %r, gone from feeds.yaml", sub.name)
 
 
-def _write_if_changed(path: Path, data: bytes, durable: bool = True) -> None:
+def _write_if_changed(path: Path, data: bytes, durable: bool = True) -> bool:
+    """Write ``path`` unless it holds ``data`` already; whether it was written."""
     try:
         if path.read_bytes() == data:
-            return
+            return False
     except FileNotFoundError:
         pass
     write_file_atomic(path, data, durable=durable)
+    return True
