@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import replace
@@ -236,6 +237,31 @@ def test_jekyll_builds_the_archive(tmp_path: Path, farm: Farm, clock: StepClock)
     tag = BeautifulSoup((out / "tags" / "zhongwen" / "index.html").read_text(), "html.parser")
     assert len(tag.select("ul.posts li")) == sum(1 for p in posts.values() if "中文" in p.tags)
     assert (out / "tags" / "world" / "atom.xml").is_file() and (out / "feed.json").is_file()
+
+
+def test_a_site_built_in_the_second_its_newest_posts_came_lists_them_first(
+    tmp_path: Path, farm: Farm
+) -> None:
+    """Jekyll takes a post dated in the second its build started for one without a date
+    (and dates it midnight): a build right after a poll must still show the newest first."""
+    jekyll = debian_program("jekyll", "jekyll")
+    faketime = debian_program("faketime", "faketime")
+    days = (3, 2, 1)
+    items = [{"title": f"Item {d}", "link": f"https://d.example/{d}",
+              "pubDate": f"0{d} May 2024 08:00:00 GMT"} for d in days]  # fmt: skip
+    farm.routes["/feed"] = Answer(200, rss(items), RSS)
+    config = load_config(write_config(tmp_path, [{"url": farm.url("/feed")}]))
+    polled = datetime(2026, 3, 1, 9, 30, 0, 400_000, tzinfo=UTC)
+    run_pass(config, clock=lambda: polled)  # Item 3 archived at 09:30:00.4, the others before
+    out = tmp_path / "_site"
+    build = subprocess.run(
+        [faketime, "-f", "2026-03-01 09:30:00", jekyll, "build", "--source", str(config.archive),
+         "--destination", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "TZ": "UTC"},
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr
+    home = BeautifulSoup((out / "index.html").read_text(), "html.parser")
+    assert [li.h2.get_text() for li in home.select("ul.posts li")] == [f"Item {d}" for d in days]
 
 
 def test_the_rivers_later_pages_follow_the_count(tmp_path: Path) -> None:
