@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
@@ -55,31 +56,89 @@ ROUTE = "aggregator.route"  # request extension: (proxy URL or None, verify TLS)
 
 
 class _Transports(httpx.AsyncBaseTransport):
-    """One connection pool for http, one for https made on first use: loading the TLS
-    trust store costs ~40 ms, which a pass over plain-HTTP feeds need not pay. A feed
-    with a proxy or without TLS checks gets pools of its own, chosen by the request's
-    :data:`ROUTE` extension."""
+    """A connection pool per origin, each keeping its connections alive between requests.
+
+    One pool for every host would scan all of its connections at each request (httpcore
+    checks each idle one with a system call): with 50 hosts kept alive that made a pass
+    of 304s twice as slow as opening a connection per request. A pool unused for
+    :data:`IDLE_POOL` seconds, with no response open, is closed (the daemon's client
+    lives for months). A feed with a proxy or without TLS checks gets pools of its own,
+    chosen by the request's :data:`ROUTE` extension. Plain HTTP loads no trust store
+    (~40 ms)."""
+
+    IDLE_POOL = 60.0  # seconds
 
     def __init__(self) -> None:
-        self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        self._pools: dict[tuple[str | None, bool, bool], httpx.AsyncHTTPTransport] = {}
+        self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=8)
+        self._pools: dict[tuple[object, ...], _Pool] = {}
+        self._swept = time.monotonic()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         proxy, verify = request.extensions.get(ROUTE, (None, True))
-        tls = request.url.scheme == "https"
-        key = (proxy, verify or not tls, tls)
+        url = request.url
+        tls = url.scheme == "https"
+        key = (proxy, verify or not tls, url.scheme, url.host, url.port)
+        now = time.monotonic()
+        if now - self._swept > self.IDLE_POOL:
+            self._swept = now
+            await self._sweep(now)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = httpx.AsyncHTTPTransport(
-                limits=self._limits,
-                verify=tls and verify,  # (plain HTTP: no trust store to load)
-                proxy=proxy,
+            pool = self._pools[key] = _Pool(
+                httpx.AsyncHTTPTransport(
+                    limits=self._limits,
+                    verify=tls and verify,  # (plain HTTP: no trust store to load)
+                    proxy=proxy,
+                )
             )
-        return await pool.handle_async_request(request)
+        pool.open += 1
+        pool.used = now
+        try:
+            response = await pool.transport.handle_async_request(request)
+        except BaseException:
+            pool.open -= 1
+            raise
+        response.stream = _Closing(response.stream, pool)  # type: ignore[arg-type]
+        return response
+
+    async def _sweep(self, now: float) -> None:
+        idle = [k for k, p in self._pools.items() if not p.open and now - p.used > self.IDLE_POOL]
+        for key in idle:
+            await self._pools.pop(key).transport.aclose()
 
     async def aclose(self) -> None:
-        for pool in self._pools.values():
-            await pool.aclose()
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.transport.aclose()
+
+
+class _Pool:
+    __slots__ = ("open", "transport", "used")
+
+    def __init__(self, transport: httpx.AsyncHTTPTransport) -> None:
+        self.transport = transport
+        self.open = 0  # responses not closed yet
+        self.used = time.monotonic()
+
+
+class _Closing(httpx.AsyncByteStream):
+    """A response body that tells its pool when it is closed."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, pool: _Pool) -> None:
+        self._stream, self._pool, self._closed = stream, pool, False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if not self._closed:
+                self._closed = True
+                self._pool.open -= 1
+                self._pool.used = time.monotonic()
 
 
 def make_client(
@@ -236,6 +295,7 @@ async def _fetch(
                 response.headers.get("last-modified") or validators.last_modified,
             )
             if status == 304:
+                await response.aread()  # (no body: the end seen, the connection is kept)
                 if not validators:
                     raise FetchError(shown, "HTTP 304 Not Modified to a request without validators")
                 kept = {k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers}

@@ -25,6 +25,7 @@ class Answer:
 class Request:
     path: str
     headers: dict[str, str]
+    port: int = 0  # the client's: one per connection
 
 
 Handler = Callable[[Request], Answer]
@@ -54,7 +55,11 @@ class Farm:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                request = Request(self.path, {k.lower(): v for k, v in self.headers.items()})
+                request = Request(
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    self.client_address[1],
+                )
                 with farm._lock:
                     farm.requests.append(request)
                 route = farm.routes.get(self.path.split("?")[0])

@@ -74,6 +74,36 @@ def test_conditional_get_against_a_real_server(farm: Farm) -> None:
     assert isinstance(third, Fetched)
 
 
+def test_connections_are_kept_alive_and_idle_pools_closed(
+    farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass of 304s reuses one connection a host (httpcore closes a connection whose
+    answer was never read to its end); a pool left idle is closed, in the daemon too."""
+    farm.routes["/c"] = conditional
+    settings = FetchSettings(user_agent=UA)
+    clock = [1000.0]
+    monkeypatch.setattr("aggregator.fetch.time.monotonic", lambda: clock[0])
+
+    async def go() -> list[Fetched | NotModified]:
+        async with make_client(settings) as client:
+            first = await fetch_feed(client, farm.url("/c"), NO_VALIDATORS, settings)
+            answers = [first]
+            for _ in range(3):
+                answers.append(await fetch_feed(client, farm.url("/c"), first.validators, settings))
+            pools = client._transport._pools  # type: ignore[attr-defined]
+            assert len(pools) == 1 and not next(iter(pools.values())).open
+            clock[0] += 61  # a minute idle: the next request closes the pool first
+            other = farm.url("/c").replace("127.0.0.1", "localhost")
+            answers.append(await fetch_feed(client, other, first.validators, settings))
+            assert [k[3] for k in pools] == ["localhost"]
+        return answers
+
+    answers = asyncio.run(go())
+    assert [type(a) for a in answers] == [Fetched] + [NotModified] * 4
+    ports = [r.port for r in farm.requests_to("/c")]
+    assert len(set(ports[:4])) == 1 and ports[4] != ports[0]
+
+
 def test_304_without_a_conditional_request_is_an_error(farm: Farm) -> None:
     farm.routes["/x"] = Answer(304)
     with pytest.raises(FetchError, match="304 Not Modified to a request without validators"):
