@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
@@ -34,6 +35,26 @@ def is_http_url(url: str) -> bool:
     return _PLAIN_HTTP_URL.fullmatch(url) is not None or _split_http(url) is not None
 
 
+# A path from the root ("/a/b"), not "//host", without query, fragment or parameters (urljoin
+# rewrites empty ones) or anything to escape: against a base of the plain shape, joined by
+# hand as urljoin would, unless it has a dot segment.
+_ROOT_PATH = re.compile(r"/(?![/\\])[^\x00-\x20\x7f\\?#;]*")
+
+
+_PLAIN_BASE = re.compile(
+    r"(https?://[A-Za-z0-9.-]+(?::([0-9]{1,5}))?)(?:[/?#][^\x00-\x20\x7f\\]*)?"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_origin(base: str) -> str | None:
+    """``scheme://host[:port]`` of ``base`` if it has the plain shape, else None."""
+    match = _PLAIN_BASE.fullmatch(base)
+    if match is None or int(match[2] or 0) > 65535:
+        return None
+    return match[1]
+
+
 def resolve_url(url: str, base: str | None) -> str | None:
     """``url`` made absolute against ``base``; None unless the result is http(s)."""
     url = url.strip()
@@ -41,6 +62,10 @@ def resolve_url(url: str, base: str | None) -> str | None:
         return None
     if _PLAIN_HTTP_URL.fullmatch(url):
         return url
+    if base and url[0] == "/" and _ROOT_PATH.fullmatch(url):  # (the common relative link)
+        origin = _plain_origin(base)
+        if origin is not None and "/." not in url:
+            return origin + url
     try:
         absolute = urljoin(base, url) if base else url
     except ValueError:

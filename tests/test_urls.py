@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from urllib.parse import urljoin
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator.urls import is_http_url, normalize_url, resolve_url
 
@@ -57,3 +61,27 @@ def test_resolve_url_keeps_query_and_fragment() -> None:
         resolve_url("x?utm_source=1#f", "https://ex.com/a/") == "https://ex.com/a/x?utm_source=1#f"
     )
     assert resolve_url("data:text/html,hi", "https://ex.com/") is None
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from(
+        [
+            "http://a.example",
+            "https://a.example/",
+            "http://a.example/x/y?q=1#f",
+            "https://b-c.example/p/",
+            "http://a.example:8080/x",
+            "http://a.example:99999/x",
+            "http://a.example:0/",
+            "http://127.0.0.1:18400",
+            "HTTP://A.example/x",
+            "http://a.example/x/../y",
+        ]
+    ),
+    st.text(alphabet="/.?#%;:@=&+~ abc\\\t\x00é", max_size=12),
+)
+def test_root_relative_links_resolve_as_urljoin_does(base: str, tail: str) -> None:
+    url = "/" + tail
+    joined = urljoin(base, url.strip())
+    assert resolve_url(url, base) == (joined if is_http_url(joined) else None)
