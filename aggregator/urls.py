@@ -26,8 +26,12 @@ def _split_http(url: str) -> SplitResult | None:
     return parts
 
 
-# The common shape, recognised without parsing: http(s), a plain ASCII host, no port.
-_PLAIN_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?:[/?#][^\x00-\x20\x7f\\]*)?")
+# The common shape, recognised without parsing: http(s), a plain ASCII host, a port from 0
+# to 65535 if any (written without a leading zero).
+_PORT = r"(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_PLAIN_HTTP_URL = re.compile(
+    rf"(https?://[A-Za-z0-9.-]+(?::{_PORT})?)(?:[/?#][^\x00-\x20\x7f\\]*)?"
+)
 
 
 def is_http_url(url: str) -> bool:
@@ -41,18 +45,11 @@ def is_http_url(url: str) -> bool:
 _ROOT_PATH = re.compile(r"/(?![/\\])[^\x00-\x20\x7f\\?#;]*")
 
 
-_PLAIN_BASE = re.compile(
-    r"(https?://[A-Za-z0-9.-]+(?::([0-9]{1,5}))?)(?:[/?#][^\x00-\x20\x7f\\]*)?"
-)
-
-
 @functools.lru_cache(maxsize=256)
 def _plain_origin(base: str) -> str | None:
     """``scheme://host[:port]`` of ``base`` if it has the plain shape, else None."""
-    match = _PLAIN_BASE.fullmatch(base)
-    if match is None or int(match[2] or 0) > 65535:
-        return None
-    return match[1]
+    match = _PLAIN_HTTP_URL.fullmatch(base)
+    return None if match is None else match[1]
 
 
 def resolve_url(url: str, base: str | None) -> str | None:

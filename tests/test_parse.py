@@ -357,3 +357,22 @@ def test_both_paths_agree_on_generated_documents(body: bytes) -> None:
     assert parse_feed(body, url, "application/xml") == parse_feed(
         body, url, "application/xml", plain_xml=False
     )
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from(["http://a.example/x/", "https://b.example", "", "HTTP://c.example/p?q"]),
+    st.sampled_from(["http://", "https://", "HTTP://", "http:///", ""]),
+    st.text(alphabet="ab.-:0123/?#;% \\é\x00", max_size=12),
+)
+def test_plain_links_join_as_feedparser_joins_them(base: str, scheme: str, rest: str) -> None:
+    from urllib.parse import urljoin
+
+    from aggregator.parsers.mimic import _SCHEME_SLASHES, join
+
+    uri = scheme + rest
+    try:
+        expected = urljoin(base, _SCHEME_SLASHES.sub(r"\1\3", uri))
+    except ValueError:
+        expected = ""
+    assert join(base, uri) == expected

@@ -85,3 +85,18 @@ def test_root_relative_links_resolve_as_urljoin_does(base: str, tail: str) -> No
     url = "/" + tail
     joined = urljoin(base, url.strip())
     assert resolve_url(url, base) == (joined if is_http_url(joined) else None)
+
+
+@given(
+    st.sampled_from(["http", "https", "HTTP", "ftp"]),
+    st.sampled_from(["a.example", "127.0.0.1", "a_b.example", "é.example", ""]),
+    st.text(alphabet="0123456789:", max_size=7),
+    st.text(alphabet="/?#abc %\\\x00", max_size=6),
+)
+def test_absolute_urls_with_ports_are_checked_as_urlsplit_does(
+    scheme: str, host: str, port: str, rest: str
+) -> None:
+    from aggregator.urls import _split_http
+
+    url = f"{scheme}://{host}{':' if port else ''}{port}{rest}"
+    assert is_http_url(url) == (_split_http(url) is not None), url

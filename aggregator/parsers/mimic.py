@@ -38,8 +38,18 @@ def fp_text(value: str) -> str:
 _SCHEME_SLASHES = re.compile("^([A-Za-z][A-Za-z0-9+-.]*://)(/*)(.*?)")
 
 
+# An absolute http(s) URL that both steps give back unchanged (no slash to drop, no empty
+# query, fragment or parameters that urljoin would rewrite): the usual item link.
+_PLAIN_ABSOLUTE = re.compile(
+    r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[^\x00-\x20\x7f\\?#;]*)?"
+    r"(?:\?[^\x00-\x20\x7f\\?#;]+)?(?:#[^\x00-\x20\x7f\\#;]+)?"
+)
+
+
 def join(base: str, uri: str) -> str:
     """feedparser's URL joining: extra slashes after the scheme dropped, then urljoin."""
+    if _PLAIN_ABSOLUTE.fullmatch(uri):
+        return uri
     uri = _SCHEME_SLASHES.sub(r"\1\3", uri)
     try:
         return urljoin(base, uri)
