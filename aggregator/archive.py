@@ -22,7 +22,7 @@ import fcntl
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -164,7 +164,7 @@ def _syncfs() -> Callable[[int], int] | None:
         return None
 
 
-def flush_files(root: Path, paths: list[Path]) -> None:
+def flush_files(root: Path, paths: Sequence[str | Path]) -> None:
     """Make the data of ``paths`` durable: one syncfs of their file system where Linux
     offers it (an fsync per file costs several times the CPU), else an fsync each."""
     syncfs = _syncfs()
@@ -179,7 +179,7 @@ def flush_files(root: Path, paths: list[Path]) -> None:
         fsync_path(path)
 
 
-def fsync_path(path: Path) -> None:
+def fsync_path(path: str | Path) -> None:
     """fsync a file by name, or a folder (which makes the renames in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -190,6 +190,12 @@ def fsync_path(path: Path) -> None:
 
 def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
+
+
+def _temp_name(path: str) -> str:
+    """:func:`_temp_path` of a path as text (the write path handles thousands)."""
+    folder, _, name = path.rpartition("/")
+    return f"{folder}/.{name}.tmp"
 
 
 class Archive:
@@ -205,6 +211,7 @@ class Archive:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root = os.fspath(root)  # (paths as text where thousands are made)
         self._damaged: str | None = None  # what was wrong with the index, if it was moved
         self.state = self._open_index()
         ignore = root / STATE_DIR / ".gitignore"
@@ -452,8 +459,8 @@ class Archive:
         if batch:
             self.state.reserve(batch)
             try:
-                for folder in {(self.root / p.path).parent for p in batch}:
-                    folder.mkdir(parents=True, exist_ok=True)
+                for folder in {self._full(p.path).rpartition("/")[0] for p in batch}:
+                    os.makedirs(folder, exist_ok=True)
             except OSError as e:
                 self._settle(batch)
                 raise ArchiveError(f"archive write failed: {e}") from e
@@ -461,16 +468,17 @@ class Archive:
 
     def _write_temp(self, post: Post) -> None:
         """Step 2: the post's text in ``.<name>.tmp`` next to where it goes."""
-        with open(_temp_path(self.root / post.path), "wb") as f:
+        with open(_temp_name(self._full(post.path)), "wb") as f:
             f.write(post.text.encode())
 
     def _commit_files(self, batch: list[Post]) -> None:
         """Steps 3 to 5: temp files durable, renamed into place, renames durable."""
-        temps = [_temp_path(self.root / p.path) for p in batch]
+        finals = [self._full(p.path) for p in batch]
+        temps = [_temp_name(final) for final in finals]
         flush_files(self.root, temps)
-        for post, temp in zip(batch, temps, strict=True):
-            os.replace(temp, self.root / post.path)
-        for folder in {temp.parent for temp in temps}:
+        for temp, final in zip(temps, finals, strict=True):
+            os.replace(temp, final)
+        for folder in {final.rpartition("/")[0] for final in finals}:
             fsync_path(folder)
 
     def _end(self, batch: list[Post]) -> list[Post]:
@@ -480,10 +488,10 @@ class Archive:
 
     def _settle(self, batch: list[Post]) -> None:
         """After a failed write, as recovery would: keep what is in place, forget the rest."""
-        done = [p.key for p in batch if os.path.exists(self.root / p.path)]
+        done = [p.key for p in batch if os.path.exists(self._full(p.path))]
         for post in batch:
             with contextlib.suppress(OSError):
-                _temp_path(self.root / post.path).unlink()
+                os.unlink(_temp_name(self._full(post.path)))
         with contextlib.suppress(ArchiveError):
             self.state.confirm(done)
             self.state.forget(p.key for p in batch if p.key not in set(done))
@@ -507,14 +515,17 @@ class Archive:
         batch = [self._free_path(post, taken) for post in fresh]
         return batch
 
+    def _full(self, path: str) -> str:
+        return f"{self._root}/{path}"
+
     def _free_path(self, post: Post, taken: set[str]) -> Post:
         """``post``, renamed with a longer hash if its file name is already used."""
-        if post.path in taken or os.path.exists(self.root / post.path):
+        if post.path in taken or os.path.exists(self._full(post.path)):
             longer = post_path(post.archived, post.title, post.key, hash_chars=16)
             if (
                 longer in taken
                 or self.state.paths_taken([longer])
-                or os.path.exists(self.root / longer)
+                or os.path.exists(self._full(longer))
             ):
                 raise ArchiveError(f"{self.root / longer}: already exists for another item")
             post = dataclasses.replace(post, path=longer)
