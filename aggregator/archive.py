@@ -2,8 +2,11 @@
 
 Writing a batch of posts follows an order that a kill at any instant cannot break:
 
-1. record every post as *pending* in the index (one transaction);
-2. write each post to ``.<name>.tmp`` in its folder, fsync, rename into place;
+1. record every post as *pending* in the index (one transaction, durable before any
+   rename: by the syncfs of step 2 when the index shares the posts' file system, else
+   by its own fsync);
+2. write each post to ``.<name>.tmp`` in its folder; make them all durable (one syncfs,
+   or an fsync each); rename them into place;
 3. fsync the folders;
 4. mark the posts done (one transaction).
 
@@ -164,19 +167,21 @@ def _syncfs() -> Callable[[int], int] | None:
         return None
 
 
-def flush_files(root: Path, paths: Sequence[str | Path]) -> None:
+def flush_files(root: Path, paths: Sequence[str | Path]) -> bool:
     """Make the data of ``paths`` durable: one syncfs of their file system where Linux
-    offers it (an fsync per file costs several times the CPU), else an fsync each."""
+    offers it (an fsync per file costs several times the CPU), else an fsync each.
+    True if it was a syncfs (which made everything else on that file system durable)."""
     syncfs = _syncfs()
     if syncfs is not None:
         fd = os.open(root, os.O_RDONLY)
         try:
             if syncfs(fd) == 0:
-                return
+                return True
         finally:
             os.close(fd)
     for path in paths:
         fsync_path(path)
+    return False
 
 
 def fsync_path(path: str | Path) -> None:
@@ -214,6 +219,11 @@ class Archive:
         self._root = os.fspath(root)  # (paths as text where thousands are made)
         self._damaged: str | None = None  # what was wrong with the index, if it was moved
         self.state = self._open_index()
+        # The index on the posts' file system: the syncfs that makes a batch of posts
+        # durable makes its reservation durable too (one fsync less a feed).
+        self._one_file_system = (
+            _syncfs() is not None and os.stat(self.state.path).st_dev == os.stat(root).st_dev
+        )
         ignore = root / STATE_DIR / ".gitignore"
         if not ignore.exists():
             write_file_atomic(ignore, b"# the index is rebuilt by `aggregator reindex`\n*\n")
@@ -457,7 +467,7 @@ class Archive:
         """Step 1 of the write order: the new posts, recorded as pending; their folders."""
         batch = self._unique_new(posts)
         if batch:
-            self.state.reserve(batch)
+            self.state.reserve(batch, durable=not self._one_file_system)
             try:
                 for folder in {self._full(p.path).rpartition("/")[0] for p in batch}:
                     os.makedirs(folder, exist_ok=True)
@@ -475,7 +485,8 @@ class Archive:
         """Steps 3 to 5: temp files durable, renamed into place, renames durable."""
         finals = [self._full(p.path) for p in batch]
         temps = [_temp_name(final) for final in finals]
-        flush_files(self.root, temps)
+        if not flush_files(self.root, temps) and self._one_file_system:
+            self.state.sync()  # (the reservation, which the syncfs would have made durable)
         for temp, final in zip(temps, finals, strict=True):
             os.replace(temp, final)
         for folder in {final.rpartition("/")[0] for final in finals}:

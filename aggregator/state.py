@@ -8,6 +8,7 @@ cannot be rebuilt, and losing them costs one full download per feed.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -577,18 +578,39 @@ class State:
             found.update(r[0] for r in self._read(query, chunk))
         return found
 
-    def reserve(self, posts: Iterable[Post]) -> None:
-        """Record posts as pending, before their files are written; durable on return.
+    def reserve(self, posts: Iterable[Post], *, durable: bool = True) -> None:
+        """Record posts as pending, before their files are written; durable on return
+        (or, with ``durable=False``, once :meth:`sync` or a syncfs of its file system has
+        run: the caller makes sure one does before any post file is put in place).
 
         Other commits may be lost by a power cut (never by a crash): at worst a poll's
         outcome, or a post left pending, which recovery settles. This one must not be
         lost, or a post written after it could be archived again.
         """
+        if not durable:
+            self._write(_INSERT_ITEM, (_item_row(p, pending=True) for p in posts))
+            return
         self._read("PRAGMA synchronous=FULL")
         try:
             self._write(_INSERT_ITEM, (_item_row(p, pending=True) for p in posts))
         finally:
             self._read("PRAGMA synchronous=NORMAL")
+
+    def sync(self) -> None:
+        """Make every commit so far durable (the write-ahead log fsynced)."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:  # (nothing committed since the last checkpoint)
+            return
+        except OSError as e:
+            raise ArchiveError(f"cannot sync {wal}: {e.strerror or e}") from e
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise ArchiveError(f"cannot sync {wal}: {e.strerror or e}") from e
+        finally:
+            os.close(fd)
 
     def confirm(self, keys: Iterable[str]) -> None:
         """Mark items whose post file is in place, and the merged feed as behind them."""

@@ -138,6 +138,45 @@ def test_a_kill_between_any_two_steps_loses_and_duplicates_nothing(
     assert_consistent(tmp_path, {p.key for p in batch})
 
 
+@pytest.mark.parametrize("syncfs_works", [True, False], ids=["syncfs", "syncfs fails"])
+def test_the_reservation_is_durable_before_any_post_is_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs_works: bool
+) -> None:
+    """A power cut must not lose the pending rows of posts already in place (they would be
+    archived again). The index shares the posts' file system: the syncfs of the temp
+    files, before any rename, makes the rows durable; if it fails, the index's log is
+    fsynced on its own before the renames."""
+    real_syncfs = archive_module._syncfs()
+    assert real_syncfs is not None  # (Linux)
+    events: list[str] = []
+
+    def syncfs(fd: int) -> int:
+        events.append("syncfs" if syncfs_works else "syncfs failed")
+        return real_syncfs(fd) if syncfs_works else -1
+
+    real_replace = os.replace
+
+    def replace(source: str, target: str) -> None:
+        events.append("rename")
+        real_replace(source, target)
+
+    real_sync = State.sync
+
+    def sync(self: State) -> None:
+        events.append("log fsynced")
+        real_sync(self)
+
+    monkeypatch.setattr(archive_module, "_syncfs", lambda: syncfs)
+    monkeypatch.setattr(State, "sync", sync)
+    with Archive(tmp_path) as arc:
+        monkeypatch.setattr(archive_module.os, "replace", replace)
+        assert len(arc.store(posts(3))) == 3
+    monkeypatch.undo()
+    covered = "syncfs" if syncfs_works else "log fsynced"
+    assert covered in events and events.index(covered) < events.index("rename"), events
+    assert_consistent(tmp_path, {p.key for p in posts(3)})
+
+
 def test_a_failed_write_leaves_nothing_half_done(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
