@@ -130,6 +130,64 @@ class Limits:
             yield
 
 
+class _Batches:
+    """Stores the posts of the feeds whose parse ends together as one batch of the archive
+    (one reservation, one syncfs, one confirmation) instead of a batch a feed: the write
+    order's fixed costs are paid once for them all. A feed's posts are stored even if its
+    poll is cancelled meanwhile; the first feed of a batch to carry an item gets it, as
+    when they are stored one after the other."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self._queue: list[tuple[list[Post], asyncio.Future[list[Post]]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def store(self, posts: list[Post]) -> list[Post]:
+        """The posts written (those whose item is new), as :meth:`Archive.store`."""
+        if not posts:
+            return []
+        done: asyncio.Future[list[Post]] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieved)
+        self._queue.append((posts, done))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        return await asyncio.shield(done)
+
+    async def settle(self) -> None:
+        """Wait until every queued batch is stored."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def _write(self) -> None:
+        try:
+            while self._queue:
+                await asyncio.sleep(0)  # the feeds whose parse has just ended join in
+                batch, self._queue = self._queue, []
+                self._store(batch)
+        finally:
+            self._writer = None
+
+    def _store(self, batch: list[tuple[list[Post], asyncio.Future[list[Post]]]]) -> None:
+        try:
+            written = self.archive.store([post for posts, _ in batch for post in posts])
+        except Exception as e:  # (an ArchiveError, or a bug: each feed reports it)
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(e)
+            return
+        by_key = {post.key: post for post in written}
+        for posts, done in batch:
+            mine = [w for post in posts if (w := by_key.pop(post.key, None)) is not None]
+            if not done.done():
+                done.set_result(mine)
+
+
+def _retrieved(future: asyncio.Future[list[Post]]) -> None:
+    """Mark the error of a batch as seen (its feed's poll may have been cancelled)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class Poller:
     """Polls feeds of one config into one archive, with one HTTP client.
 
@@ -168,6 +226,7 @@ class Poller:
         # rendered; one at a time, so that two workers never peak together.
         self.heavy = asyncio.Semaphore(1)
         self.enricher: Enricher | None = None  # made for the first feed that needs it
+        self.batches = _Batches(archive)
 
     def reconfigure(self, config: Config) -> None:
         """Use a new version of feeds.yaml from the next poll on (the workers stay)."""
@@ -178,6 +237,10 @@ class Poller:
         limits = (config.max_in_flight, config.max_in_flight_per_host)
         if limits != (old.max_in_flight, old.max_in_flight_per_host):
             self.limits = Limits(*limits)
+
+    async def settle(self) -> None:
+        """Wait until the posts of every poll so far are stored (before closing)."""
+        await self.batches.settle()
 
     def close(self) -> None:
         self.workers.close()
@@ -340,7 +403,7 @@ class Poller:
             worked: dict[str, bool] = {}
             if enriching:
                 posts, worked = await self._enricher().new_posts(source, posts, proxy)
-            written = self.archive.store(posts)
+            written = await self.batches.store(posts)
             revised = self.archive.revise(posts, self.clock()) if source.updates else []
             if enriching:
                 await self._enricher().after_archiving(source, proxy, worked, revised)
@@ -441,8 +504,11 @@ async def poll_all(
         try:
             await _until_done_or_stopped(tasks, stop)
         finally:
-            poller.close()
-            poller.flush()
+            try:
+                await poller.settle()
+            finally:
+                poller.close()
+                poller.flush()
         poller.repair_index(config.feeds)
     results = tuple(t.result() for t in tasks if t.done() and not t.cancelled())
     published, error = False, None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -249,3 +250,56 @@ def test_read_post_round_trip(tmp_path: Path) -> None:
     assert stored.archived == post.archived
     assert stored.published == T0
     assert stored.content == "<p>item 0</p>"
+
+
+def test_feeds_whose_parse_ends_together_share_one_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One reservation, syncfs and confirmation for them all; an item two of them carry
+    goes to the first; a feed whose poll is cancelled meanwhile still has its posts stored
+    (nothing stays pending); an archive error reaches every feed of the batch."""
+    from aggregator.pipeline import _Batches
+
+    real_syncfs = archive_module._syncfs()
+    assert real_syncfs is not None  # (Linux)
+    syncs: list[int] = []
+    monkeypatch.setattr(
+        archive_module, "_syncfs", lambda: lambda fd: syncs.append(fd) or real_syncfs(fd)
+    )
+    a, b, c = posts(3, prefix="a"), posts(2, prefix="b"), posts(2, prefix="c")
+    shared = posts(1, prefix="a")  # the first item of feed a, carried by feed b too
+
+    async def go() -> tuple[list[list[Post]], list[Post]]:
+        with Archive(tmp_path) as arc:
+            batches = _Batches(arc)
+            feeds = [asyncio.create_task(batches.store(p)) for p in (a, b + shared, c)]
+            await asyncio.sleep(0)  # (each has queued its posts)
+            feeds[2].cancel()  # the poll of feed c is abandoned
+            done = await asyncio.gather(*feeds[:2])
+            await batches.settle()
+            later = await batches.store(posts(1, prefix="d"))
+        return done, later
+
+    (stored_a, stored_b), later = asyncio.run(go())
+    assert len(syncs) == 2  # one for the three feeds, one for the later
+    assert [p.title for p in stored_a] == ["a 0", "a 1", "a 2"]
+    assert [p.title for p in stored_b] == ["b 0", "b 1"]  # "a 0" is feed a's
+    assert [p.title for p in later] == ["d 0"]
+    everything = {p.key for p in a + b + c + posts(1, prefix="d")}
+    assert_consistent(tmp_path, everything)  # feed c's posts too, none pending
+
+    def full(self: Archive, post: Post) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Archive, "_write_temp", full)
+
+    async def fail() -> list[BaseException | list[Post]]:
+        with Archive(tmp_path) as arc:
+            batches = _Batches(arc)
+            feeds = [batches.store(posts(1, prefix=f"e{i}")) for i in range(2)]
+            return await asyncio.gather(*feeds, return_exceptions=True)
+
+    errors = asyncio.run(fail())
+    assert all(isinstance(e, archive_module.ArchiveError) and "No space" in str(e) for e in errors)
+    monkeypatch.undo()
+    assert_consistent(tmp_path, everything)
