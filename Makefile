@@ -42,13 +42,15 @@ pytest: $(VENV)/.installed-test
 
 test: lint typecheck pytest  ## everything CI runs
 
-# The side-by-side benchmark (by hand, about 40 minutes): writes bench/RESULTS.md.
+# The side-by-side benchmark (by hand, about 50 minutes): writes bench/RESULTS.md. Its
+# peers: lemon24/reader (from PyPI) and newsboat (Debian's, installed when missing).
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	touch $@
 
 bench: $(VENV)/.installed-bench
-	$(BIN)/python -m compileall -q aggregator
+	command -v newsboat >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends newsboat; }
 	$(BIN)/python bench/run.py
 
 clean:

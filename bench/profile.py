@@ -1,0 +1,173 @@
+"""Where the wall time of one pass goes: a cold pass then a warm one over the farm's feeds,
+in this process, with a timer around each stage. Usage: python bench/profile.py URLS
+
+Stages of the main process (one thread: they add up): start-up (imports, feeds.yaml,
+opening the index), write (post files), sync (making them durable), index (SQLite: the
+items and the feeds' statuses), publish. Stages that overlap (the requests in flight, the
+parse workers) are given as the wall time during which at least one was under way; the
+rest of the pass is the event loop's own work (HTTP, scheduling). The parse workers'
+split (parse, sanitize, render) is their CPU time, measured again in this process on the
+same bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+spent: defaultdict[str, float] = defaultdict(float)
+spans: defaultdict[str, list[tuple[float, float]]] = defaultdict(list)
+
+
+def add_timer(owner: Any, name: str, stage: str) -> None:
+    """Count the time of ``owner.name`` (a function, not a coroutine) in ``stage``."""
+    inner = getattr(owner, name)
+
+    @functools.wraps(inner)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent[stage] += time.perf_counter() - started
+
+    setattr(owner, name, timed)
+
+
+def add_span(owner: Any, name: str, stage: str) -> None:
+    """Record when each call of the coroutine ``owner.name`` was under way."""
+    inner = getattr(owner, name)
+
+    @functools.wraps(inner)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await inner(*args, **kwargs)
+        finally:
+            spans[stage].append((started, time.perf_counter()))
+
+    setattr(owner, name, timed)
+
+
+def covered(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def one_pass(config_path: Path) -> dict[str, float]:
+    spent.clear()
+    spans.clear()
+    started = time.perf_counter()
+    from aggregator import cli
+
+    config = cli._load(config_path)
+    from aggregator import archive as archive_module
+    from aggregator import pipeline, publish, state
+
+    if not getattr(pipeline, "_profiled", False):  # (the timers, once)
+        pipeline._profiled = True  # type: ignore[attr-defined]
+        add_timer(archive_module.Archive, "_write_temp", "write")
+        add_timer(archive_module, "flush_files", "sync")
+        add_timer(archive_module, "fsync_path", "sync")
+        for method in ("reserve", "confirm", "known_keys", "paths_taken", "save_statuses", "changed", "note_digests"):  # fmt: skip
+            add_timer(state.State, method, "index")
+        add_timer(publish, "publish", "publish")
+        add_span(pipeline, "fetch_feed", "requests in flight")
+        add_span(pipeline.Workers, "prepare", "parse workers busy")
+    with archive_module.Archive(config.archive) as archive:
+        archive.prepare(config.feeds, datetime.now(UTC))
+        spent["start-up"] = time.perf_counter() - started
+        polling = time.perf_counter()
+
+        async def poll() -> None:
+            await pipeline.poll_all(config, archive)
+
+        asyncio.run(poll())
+        wall = time.perf_counter() - polling
+    result = {"start-up": spent["start-up"]}
+    for stage in ("write", "sync", "index", "publish"):
+        result[stage] = spent[stage]
+    result["pass (start-up excluded)"] = wall
+    for stage in ("requests in flight", "parse workers busy"):
+        result[stage] = covered(spans[stage])
+    return result
+
+
+def worker_split(urls: list[str]) -> dict[str, float]:
+    """CPU seconds of parse, sanitize and render for every body, in this process."""
+    import httpx
+
+    from aggregator import parsers, process, workers
+    from aggregator.models import ItemRules
+
+    cpu: defaultdict[str, float] = defaultdict(float)
+
+    def timer(owner: Any, name: str, stage: str) -> Callable[[], None]:
+        inner = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                cpu[stage] += time.process_time() - started
+
+        setattr(owner, name, timed)
+        return lambda: setattr(owner, name, inner)
+
+    bodies = [httpx.get(url).content for url in urls]
+    undo = [
+        timer(parsers, "parse_feed", "parse"),
+        timer(process, "sanitize_html", "sanitize"),
+        timer(process, "make_post", "render (sanitize included)"),
+    ]
+    for url, body in zip(urls, bodies, strict=True):
+        job = workers.Job(
+            body, url, None, url, None, url, (), datetime.now(UTC), None, 100, ItemRules()
+        )
+        workers.prepare(job)
+    for restore in undo:
+        restore()
+    cpu["render"] = cpu.pop("render (sanitize included)") - cpu["sanitize"]
+    return dict(cpu)
+
+
+def main() -> None:
+    urls_file = Path(sys.argv[1])
+    urls = urls_file.read_text().split()
+    interpreter = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    bare = time.perf_counter() - interpreter
+    with tempfile.TemporaryDirectory(prefix="aggregator-profile-") as tmp:
+        config = Path(tmp) / "feeds.yaml"
+        feeds = "".join(f"  - url: {u}\n" for u in urls)
+        config.write_text(f"title: Bench\nlink: http://127.0.0.1:8080/\nfeeds:\n{feeds}")
+        cold = one_pass(config)
+        warm = one_pass(config)  # (its imports are done: start-up is feeds.yaml and the index)
+    split = worker_split(urls)
+    print(f"Python's own start (`python -c pass`): {bare:.3f} s\n")
+    print("| stage | cold pass (s) | warm pass (s) |\n| --- | --- | --- |")
+    for stage in cold:
+        print(f"| {stage} | {cold[stage]:.3f} | {warm[stage]:.3f} |")
+    print(
+        "\n| parse workers, CPU of all the cold pass's bodies in one process | s |\n| --- | --- |"
+    )
+    for stage, seconds in split.items():
+        print(f"| {stage} | {seconds:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
