@@ -1,5 +1,6 @@
-"""Where the wall time of one pass goes: a cold pass then a warm one over the farm's feeds,
-in this process, with a timer around each stage. Usage: python bench/profile.py URLS
+"""Where the wall time of a pass goes: a cold pass then a warm one over the farm's feeds,
+in this process, with a timer around each stage; the median of 5 such pairs (the
+machine is noisy). Usage: python bench/profile.py URLS [ROUNDS]
 
 Stages of the main process (one thread: they add up): start-up (imports, feeds.yaml,
 opening the index), write (post files), sync (making them durable), index (SQLite: the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,17 +153,24 @@ def main() -> None:
     interpreter = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     bare = time.perf_counter() - interpreter
-    with tempfile.TemporaryDirectory(prefix="aggregator-profile-") as tmp:
-        config = Path(tmp) / "feeds.yaml"
-        feeds = "".join(f"  - url: {u}\n" for u in urls)
-        config.write_text(f"title: Bench\nlink: http://127.0.0.1:8080/\nfeeds:\n{feeds}")
-        cold = one_pass(config)
-        warm = one_pass(config)  # (its imports are done: start-up is feeds.yaml and the index)
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    colds, warms = [], []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory(prefix="aggregator-profile-") as tmp:
+            config = Path(tmp) / "feeds.yaml"
+            feeds = "".join(f"  - url: {u}\n" for u in urls)
+            config.write_text(f"title: Bench\nlink: http://127.0.0.1:8080/\nfeeds:\n{feeds}")
+            colds.append(one_pass(config))
+            warms.append(one_pass(config))  # (imports done: start-up is feeds.yaml and the index)
     split = worker_split(urls)
-    print(f"Python's own start (`python -c pass`): {bare:.3f} s\n")
+    print(f"Python's own start (`python -c pass`): {bare:.3f} s. Medians of {rounds} pairs; the")
+    print("first cold pass's start-up includes the imports, the others' do not.\n")
     print("| stage | cold pass (s) | warm pass (s) |\n| --- | --- | --- |")
-    for stage in cold:
-        print(f"| {stage} | {cold[stage]:.3f} | {warm[stage]:.3f} |")
+    print(f"| start-up, imports included | {colds[0]['start-up']:.3f} | |")
+    for stage in colds[0]:
+        cold = statistics.median(c[stage] for c in colds[1:] or colds)
+        warm = statistics.median(w[stage] for w in warms)
+        print(f"| {stage} | {cold:.3f} | {warm:.3f} |")
     print(
         "\n| parse workers, CPU of all the cold pass's bodies in one process | s |\n| --- | --- |"
     )
