@@ -135,7 +135,8 @@ class _Batches:
     (one reservation, one syncfs, one confirmation) instead of a batch a feed: the write
     order's fixed costs are paid once for them all. A feed's posts are stored even if its
     poll is cancelled meanwhile; the first feed of a batch to carry an item gets it, as
-    when they are stored one after the other."""
+    when they are stored one after the other; a batch that fails is tried again a feed
+    at a time, so that only a feed whose post cannot be written fails."""
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
@@ -171,6 +172,10 @@ class _Batches:
         try:
             written = self.archive.store([post for posts, _ in batch for post in posts])
         except Exception as e:  # (an ArchiveError, or a bug: each feed reports it)
+            if len(batch) > 1:  # each feed alone: a post that cannot be written fails
+                for one in batch:  # its feed only (what was put in place stays: it is
+                    self._store([one])  # known, not written twice)
+                return
             for _, done in batch:
                 if not done.done():
                     done.set_exception(e)

@@ -257,7 +257,8 @@ def test_feeds_whose_parse_ends_together_share_one_batch(
 ) -> None:
     """One reservation, syncfs and confirmation for them all; an item two of them carry
     goes to the first; a feed whose poll is cancelled meanwhile still has its posts stored
-    (nothing stays pending); an archive error reaches every feed of the batch."""
+    (nothing stays pending); a post that cannot be written fails its own feed only, and a
+    full disk every feed of the batch."""
     from aggregator.pipeline import _Batches
 
     real_syncfs = archive_module._syncfs()
@@ -287,6 +288,28 @@ def test_feeds_whose_parse_ends_together_share_one_batch(
     assert [p.title for p in later] == ["d 0"]
     everything = {p.key for p in a + b + c + posts(1, prefix="d")}
     assert_consistent(tmp_path, everything)  # feed c's posts too, none pending
+
+    real_write = Archive._write_temp
+
+    def refused(self: Archive, post: Post) -> None:  # one feed's post cannot be written
+        if post.title.startswith("bad"):
+            raise OSError(36, "File name too long")
+        real_write(self, post)
+
+    monkeypatch.setattr(Archive, "_write_temp", refused)
+
+    async def one_bad() -> list[BaseException | list[Post]]:
+        with Archive(tmp_path) as arc:
+            batches = _Batches(arc)
+            feeds = [batches.store(posts(1, prefix=p)) for p in ("good", "bad", "fine")]
+            return await asyncio.gather(*feeds, return_exceptions=True)
+
+    good, bad, fine = asyncio.run(one_bad())
+    assert isinstance(bad, archive_module.ArchiveError) and "too long" in str(bad)
+    assert isinstance(good, list) and isinstance(fine, list), (good, fine)
+    assert [p.title for p in good + fine] == ["good 0", "fine 0"]
+    everything |= {p.key for p in posts(1, prefix="good") + posts(1, prefix="fine")}
+    assert_consistent(tmp_path, everything)
 
     def full(self: Archive, post: Post) -> None:
         raise OSError(28, "No space left on device")
