@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import socket
+import ssl
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,18 +62,23 @@ class _Transports(httpx.AsyncBaseTransport):
 
     One pool for every host would scan all of its connections at each request (httpcore
     checks each idle one with a system call): with 50 hosts kept alive that made a pass
-    of 304s twice as slow as opening a connection per request. A pool unused for
-    :data:`IDLE_POOL` seconds, with no response open, is closed (the daemon's client
-    lives for months). A feed with a proxy or without TLS checks gets pools of its own,
-    chosen by the request's :data:`ROUTE` extension. Plain HTTP loads no trust store
-    (~40 ms)."""
+    of 304s twice as slow as opening a connection per request. At most :data:`MAX_IDLE`
+    pools wait idle (the least recently used beyond are closed, so that a pass over
+    thousands of hosts keeps few sockets open), and a pool unused for :data:`IDLE_POOL`
+    seconds is closed (the daemon's client lives for months); a pool with a response
+    open is never closed. A feed with a proxy or without TLS checks gets pools of its
+    own, chosen by the request's :data:`ROUTE` extension. The TLS settings are made once
+    for all pools, on the first https request (loading the trust store costs ~40 ms)."""
 
     IDLE_POOL = 60.0  # seconds
+    MAX_IDLE = 64  # pools
 
     def __init__(self) -> None:
         self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=8)
         self._pools: dict[tuple[object, ...], _Pool] = {}
         self._swept = time.monotonic()
+        self._tls: dict[bool, ssl.SSLContext] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         proxy, verify = request.extensions.get(ROUTE, (None, True))
@@ -81,14 +88,15 @@ class _Transports(httpx.AsyncBaseTransport):
         now = time.monotonic()
         if now - self._swept > self.IDLE_POOL:
             self._swept = now
-            await self._sweep(now)
+            self._retire([k for k, p in self._pools.items() if now - p.used > self.IDLE_POOL])
         pool = self._pools.get(key)
         if pool is None:
+            if len(self._pools) >= self.MAX_IDLE:
+                by_age = sorted(self._pools, key=lambda k: self._pools[k].used)
+                self._retire(by_age[: len(self._pools) - self.MAX_IDLE + 1])
             pool = self._pools[key] = _Pool(
                 httpx.AsyncHTTPTransport(
-                    limits=self._limits,
-                    verify=tls and verify,  # (plain HTTP: no trust store to load)
-                    proxy=proxy,
+                    limits=self._limits, verify=self._context(tls and verify), proxy=proxy
                 )
             )
         pool.open += 1
@@ -101,14 +109,31 @@ class _Transports(httpx.AsyncBaseTransport):
         response.stream = _Closing(response.stream, pool)  # type: ignore[arg-type]
         return response
 
-    async def _sweep(self, now: float) -> None:
-        idle = [k for k, p in self._pools.items() if not p.open and now - p.used > self.IDLE_POOL]
-        for key in idle:
-            await self._pools.pop(key).transport.aclose()
+    def _context(self, verify: bool) -> ssl.SSLContext:
+        context = self._tls.get(verify)
+        if context is None:  # (verify=False: plain HTTP, or a feed without TLS checks)
+            context = self._tls[verify] = httpx.create_ssl_context(verify=verify)
+        return context
+
+    def _retire(self, keys: list[tuple[object, ...]]) -> None:
+        """Close the pools of ``keys`` that have no response open: taken out at once (no
+        request can pick one up meanwhile), closed in a task of their own (a request's
+        deadline cannot cut that short)."""
+        idle = [self._pools.pop(k) for k in keys if not self._pools[k].open]
+        if idle:
+            task = asyncio.create_task(_close_all(idle))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        await _close_all(pools)
+
+
+async def _close_all(pools: list[_Pool]) -> None:
+    for pool in pools:
+        with contextlib.suppress(Exception):  # (a connection the server already dropped)
             await pool.transport.aclose()
 
 

@@ -104,6 +104,41 @@ def test_connections_are_kept_alive_and_idle_pools_closed(
     assert len(set(ports[:4])) == 1 and ports[4] != ports[0]
 
 
+def test_tls_settings_are_made_once_and_idle_pools_are_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each origin has its own pool, but the trust store is loaded once for all of them
+    (~40 ms each time), and at most MAX_IDLE pools stay open: a pass over thousands of
+    hosts does not keep thousands of sockets."""
+    import socket
+
+    import aggregator.fetch as fetch_module
+
+    made: list[object] = []
+    real = httpx.create_ssl_context
+    monkeypatch.setattr(
+        fetch_module.httpx, "create_ssl_context", lambda **kw: made.append(kw) or real(**kw)
+    )
+    ports = []
+    for _ in range(fetch_module._Transports.MAX_IDLE + 6):  # ports nothing listens on
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    settings = FetchSettings(user_agent=UA)
+
+    async def go() -> int:
+        async with make_client(settings) as client:
+            for i, port in enumerate(ports):
+                scheme = "https" if i < 2 else "http"
+                with pytest.raises(FetchError, match="connection refused"):
+                    await fetch_feed(
+                        client, f"{scheme}://127.0.0.1:{port}/f", NO_VALIDATORS, settings
+                    )
+            return len(client._transport._pools)  # type: ignore[attr-defined]
+
+    pools = asyncio.run(go())
+    assert made == [{"verify": True}, {"verify": False}]  # (https checked; plain http)
+    assert pools == fetch_module._Transports.MAX_IDLE
+
+
 def test_304_without_a_conditional_request_is_an_error(farm: Farm) -> None:
     farm.routes["/x"] = Answer(304)
     with pytest.raises(FetchError, match="304 Not Modified to a request without validators"):
