@@ -169,12 +169,14 @@ class _Batches:
             self._writer = None
 
     def _store(self, batch: list[tuple[list[Post], asyncio.Future[list[Post]]]]) -> None:
+        everything = [post for posts, _ in batch for post in posts]
+        new = {p.key for p in self.archive.new_posts(everything)} if len(batch) > 1 else set()
         try:
-            written = self.archive.store([post for posts, _ in batch for post in posts])
+            written = self.archive.store(everything)
         except Exception as e:  # (an ArchiveError, or a bug: each feed reports it)
             if len(batch) > 1:  # each feed alone: a post that cannot be written fails
-                for one in batch:  # its feed only (what was put in place stays: it is
-                    self._store([one])  # known, not written twice)
+                for posts, done in batch:  # its feed only
+                    self._store_alone(posts, done, e, new)
                 return
             for _, done in batch:
                 if not done.done():
@@ -185,6 +187,26 @@ class _Batches:
             mine = [w for post in posts if (w := by_key.pop(post.key, None)) is not None]
             if not done.done():
                 done.set_result(mine)
+
+    def _store_alone(
+        self, posts: list[Post], done: asyncio.Future[list[Post]], error: Exception, new: set[str]
+    ) -> None:
+        """After a failed batch: the feed's posts on their own. A feed whose new posts the
+        batch had put in place before it failed (now known, so not written again) gets
+        the batch's error, not a pass with fewer new posts."""
+        mine = [p.key for p in posts if p.key in new]
+        new.difference_update(mine)  # (an item two feeds carry: the first one's)
+        try:
+            written = self.archive.store(posts)
+        except Exception as e:
+            error = e
+        else:
+            if len(written) >= len(set(mine)):
+                if not done.done():
+                    done.set_result(written)
+                return
+        if not done.done():
+            done.set_exception(error)
 
 
 def _retrieved(future: asyncio.Future[list[Post]]) -> None:

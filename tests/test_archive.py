@@ -311,6 +311,32 @@ def test_feeds_whose_parse_ends_together_share_one_batch(
     everything |= {p.key for p in posts(1, prefix="good") + posts(1, prefix="fine")}
     assert_consistent(tmp_path, everything)
 
+    monkeypatch.setattr(Archive, "_write_temp", real_write)
+    real_confirm = State.confirm
+    calls: list[int] = []
+
+    def busy(self: State, keys: object) -> None:  # the batch's files are in place by now
+        calls.append(1)
+        if len(calls) == 1:
+            raise archive_module.ArchiveError("database is locked")
+        real_confirm(self, keys)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(State, "confirm", busy)
+
+    async def placed() -> list[BaseException | list[Post]]:
+        with Archive(tmp_path) as arc:
+            batches = _Batches(arc)
+            feeds = [batches.store(posts(1, prefix=p)) for p in ("late", "later")]
+            return await asyncio.gather(*feeds, return_exceptions=True)
+
+    late = asyncio.run(placed())  # not "nothing new": the error is each feed's
+    assert all(isinstance(e, archive_module.ArchiveError) and "locked" in str(e) for e in late)
+    monkeypatch.setattr(State, "confirm", real_confirm)
+    with Archive(tmp_path) as arc:
+        arc.recover()  # (the next start settles the rows left pending)
+    everything |= {p.key for p in posts(1, prefix="late") + posts(1, prefix="later")}
+    assert_consistent(tmp_path, everything)
+
     def full(self: Archive, post: Post) -> None:
         raise OSError(28, "No space left on device")
 
