@@ -164,14 +164,21 @@ class _Batches:
             while self._queue:
                 await asyncio.sleep(0)  # the feeds whose parse has just ended join in
                 batch, self._queue = self._queue, []
-                self._store(batch)
+                try:
+                    self._store(batch)
+                except Exception as e:  # (a bug: every feed of the batch says so, none waits)
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(e)
         finally:
             self._writer = None
 
     def _store(self, batch: list[tuple[list[Post], asyncio.Future[list[Post]]]]) -> None:
         everything = [post for posts, _ in batch for post in posts]
-        new = {p.key for p in self.archive.new_posts(everything)} if len(batch) > 1 else set()
+        new: set[str] = set()  # (the items new before the batch, if it holds several feeds)
         try:
+            if len(batch) > 1:
+                new = {p.key for p in self.archive.new_posts(everything)}
             written = self.archive.store(everything)
         except Exception as e:  # (an ArchiveError, or a bug: each feed reports it)
             if len(batch) > 1:  # each feed alone: a post that cannot be written fails

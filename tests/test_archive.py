@@ -335,6 +335,27 @@ def test_feeds_whose_parse_ends_together_share_one_batch(
     with Archive(tmp_path) as arc:
         arc.recover()  # (the next start settles the rows left pending)
     everything |= {p.key for p in posts(1, prefix="late") + posts(1, prefix="later")}
+
+    real_new = Archive.new_posts
+    reads: list[int] = []
+
+    def locked_once(self: Archive, batch: object) -> list[Post]:  # the batch's first read
+        reads.append(1)
+        if len(reads) == 1:
+            raise archive_module.ArchiveError("database is locked")
+        return real_new(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Archive, "new_posts", locked_once)
+
+    async def unreadable() -> list[list[Post]]:
+        with Archive(tmp_path) as arc:
+            batches = _Batches(arc)
+            feeds = [batches.store(posts(1, prefix=p)) for p in ("one", "two")]
+            return await asyncio.wait_for(asyncio.gather(*feeds), timeout=10)  # (no wait forever)
+
+    assert [[p.title for p in r] for r in asyncio.run(unreadable())] == [["one 0"], ["two 0"]]
+    monkeypatch.setattr(Archive, "new_posts", real_new)
+    everything |= {p.key for p in posts(1, prefix="one") + posts(1, prefix="two")}
     assert_consistent(tmp_path, everything)
 
     def full(self: Archive, post: Post) -> None:
