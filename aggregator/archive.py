@@ -193,14 +193,15 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
 def _temp_name(path: str) -> str:
-    """:func:`_temp_path` of a path as text (the write path handles thousands)."""
-    folder, _, name = path.rpartition("/")
-    return f"{folder}/.{name}.tmp"
+    """Where ``path`` is written before it is renamed into place (as text: the write path
+    handles thousands)."""
+    folder, slash, name = path.rpartition("/")
+    return f"{folder}{slash}.{name}.tmp"
+
+
+def _temp_path(path: Path) -> Path:
+    return Path(_temp_name(os.fspath(path)))
 
 
 class Archive:

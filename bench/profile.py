@@ -30,19 +30,27 @@ spent: defaultdict[str, float] = defaultdict(float)
 spans: defaultdict[str, list[tuple[float, float]]] = defaultdict(list)
 
 
-def add_timer(owner: Any, name: str, stage: str) -> None:
-    """Count the time of ``owner.name`` (a function, not a coroutine) in ``stage``."""
+def add_timer(
+    owner: Any,
+    name: str,
+    stage: str,
+    into: defaultdict[str, float] = spent,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Callable[[], None]:
+    """Count the time of ``owner.name`` (a function, not a coroutine) in ``into[stage]``;
+    return what puts the function back."""
     inner = getattr(owner, name)
 
     @functools.wraps(inner)
     def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started = clock()
         try:
             return inner(*args, **kwargs)
         finally:
-            spent[stage] += time.perf_counter() - started
+            into[stage] += clock() - started
 
     setattr(owner, name, timed)
+    return lambda: setattr(owner, name, inner)
 
 
 def add_span(owner: Any, name: str, stage: str) -> None:
@@ -116,25 +124,14 @@ def worker_split(urls: list[str]) -> dict[str, float]:
     from aggregator.models import ItemRules
 
     cpu: defaultdict[str, float] = defaultdict(float)
-
-    def timer(owner: Any, name: str, stage: str) -> Callable[[], None]:
-        inner = getattr(owner, name)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.process_time()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                cpu[stage] += time.process_time() - started
-
-        setattr(owner, name, timed)
-        return lambda: setattr(owner, name, inner)
-
     bodies = [httpx.get(url).content for url in urls]
     undo = [
-        timer(parsers, "parse_feed", "parse"),
-        timer(process, "sanitize_html", "sanitize"),
-        timer(process, "make_post", "render (sanitize included)"),
+        add_timer(owner, name, stage, cpu, time.process_time)
+        for owner, name, stage in (
+            (parsers, "parse_feed", "parse"),
+            (process, "sanitize_html", "sanitize"),
+            (process, "make_post", "render (sanitize included)"),
+        )
     ]
     for url, body in zip(urls, bodies, strict=True):
         job = workers.Job(
