@@ -99,6 +99,20 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     absolute = resolve_url(url, base)
     if absolute is None:
         return None
+    if plain := _PLAIN_KEY.fullmatch(absolute):  # (the common shape, read without parsing)
+        scheme, host, port, path = plain.groups()
+        if port is not None and int(port) != _DEFAULT_PORTS[scheme]:
+            host = f"{host}:{int(port)}"
+        return f"{scheme}://{host}{path or '/'}"
+    return _normalized(absolute)
+
+
+# Already in normal form but for its port: lower case, no user, query or fragment.
+_PLAIN_KEY = re.compile(rf"(https?)://([a-z0-9.-]+)(?::({_PORT}))?(/[^\x00-\x20\x7f\\?#]*)?")
+
+
+def _normalized(absolute: str) -> str | None:
+    """:func:`normalize_url` of an absolute URL, whatever its shape."""
     parts = _split_http(absolute)
     if parts is None:  # pragma: no cover -- resolve_url already checked
         return None

@@ -100,3 +100,20 @@ def test_absolute_urls_with_ports_are_checked_as_urlsplit_does(
 
     url = f"{scheme}://{host}{':' if port else ''}{port}{rest}"
     assert is_http_url(url) == (_split_http(url) is not None), url
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from(["http", "https", "HTTP", "Https"]),
+    st.sampled_from(["a.example", "A.example", "127.0.0.1", "a-b.example.", "a_b.example"]),
+    st.sampled_from(["", ":80", ":443", ":8080", ":0080", ":0", ":65535", ":65536", ":"]),
+    st.text(alphabet="/.?#%;:@=&+~ aB\\\t\x00é", max_size=12),
+)
+def test_dedupe_keys_of_the_common_shape_are_those_of_the_general_rule(
+    scheme: str, host: str, port: str, rest: str
+) -> None:
+    from aggregator.urls import _normalized
+
+    url = f"{scheme}://{host}{port}{rest}"
+    absolute = resolve_url(url, None)
+    assert normalize_url(url) == (None if absolute is None else _normalized(absolute)), url
