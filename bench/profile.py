@@ -1,6 +1,7 @@
 """Where the wall time of a pass goes: a cold pass then a warm one over the farm's feeds,
 in this process, with a timer around each stage; the median of 5 such pairs (the
-machine is noisy). Usage: python bench/profile.py URLS [ROUNDS]
+machine is noisy). Usage: python bench/profile.py URLS [ROUNDS [FOLDER]]; the archives
+are made in FOLDER and kept there (default: a temporary folder, removed at the end).
 
 Stages of the main process (one thread: they add up): start-up (imports, feeds.yaml,
 opening the index), write (post files), sync (making them durable), index (SQLite: the
@@ -14,6 +15,7 @@ same bodies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import statistics
 import subprocess
@@ -152,10 +154,15 @@ def main() -> None:
     bare = time.perf_counter() - interpreter
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     colds, warms = [], []
-    for _ in range(rounds):
-        with tempfile.TemporaryDirectory(prefix="aggregator-profile-") as tmp:
-            config = Path(tmp) / "feeds.yaml"
-            feeds = "".join(f"  - url: {u}\n" for u in urls)
+    feeds = "".join(f"  - url: {u}\n" for u in urls)
+    with contextlib.ExitStack() as stack:
+        if len(sys.argv) > 3:
+            folder = Path(sys.argv[3])
+        else:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aggregator-")))
+        for round_ in range(rounds):  # (each archive kept until the end: see run.py's cold)
+            config = folder / f"profile-{round_}" / "feeds.yaml"
+            config.parent.mkdir(parents=True)
             config.write_text(f"title: Bench\nlink: http://127.0.0.1:8080/\nfeeds:\n{feeds}")
             colds.append(one_pass(config))
             warms.append(one_pass(config))  # (imports done: start-up is feeds.yaml and the index)

@@ -193,8 +193,14 @@ def compare(
     feeds, items = size
     name = f"{feeds} × {items}"
     results: dict[str, dict[str, Series]] = {}
+    work = work / f"{feeds}x{items}"  # (each scenario's folders, kept: see cold below)
+    work.mkdir()
     with farm(feeds, items, work) as urls:
-        # cold: an empty archive / database each time
+        # cold: an empty archive / database each time. Nothing is deleted until the end
+        # of the benchmark: on an ext4 without a journal, each file created within
+        # minutes of many deletions costs its creator a look at every recently freed
+        # inode (here a cold pass after deleting the last one's posts took 4.5 s instead
+        # of 3.5), a cost the deleting benchmark, not the tool, would cause.
         tools = ["aggregator", *readers] + (["newsboat", "floor"] if full else [])
         cold = {t: Series(f"cold {name}, {t}", COMMANDS[t]) for t in tools}
         for r in range(rounds):
@@ -202,12 +208,11 @@ def compare(
                 scratch = work / f"cold-{tool}-{r}"
                 cmd = command(tool, scratch, urls, cold=True)
                 cold[tool].times.append(timed(cmd))
-                shutil.rmtree(scratch, ignore_errors=True)
                 print(f"  {cold[tool].label}: {cold[tool].times[-1]:.2f}s", flush=True)
         results["cold"] = cold
         if full:  # where the aggregator's time goes, on the same farm (before any churn)
             profiled = subprocess.run(
-                [PY, str(BENCH / "profile.py"), str(urls)],
+                [PY, str(BENCH / "profile.py"), str(urls), "5", str(work)],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             PROFILES[size] = profiled.stdout.strip()
@@ -232,8 +237,6 @@ def compare(
                 churned[tool].times.append(timed(commands[tool]))
                 print(f"  {churned[tool].label}: {churned[tool].times[-1]:.2f}s", flush=True)
         results["warm"], results["churn"] = warm, churned
-        for tool in again:
-            shutil.rmtree(work / f"warm-{tool}")
     return results
 
 
