@@ -5,6 +5,7 @@ Nothing here does I/O. Datetimes are timezone-aware UTC.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -38,8 +39,14 @@ def format_time(moment: datetime) -> str:
     )
 
 
+_SEPARATORS = ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":"), (19, "."), (23, "Z"))
+
+
 def parse_time(text: str) -> datetime:
     """Inverse of :func:`format_time`."""
+    if len(text) == 24 and all(text[i] == c for i, c in _SEPARATORS):  # (its own shape,
+        with contextlib.suppress(ValueError):  # read ten times faster)
+            return datetime.fromisoformat(text[:23]).replace(tzinfo=UTC)
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 

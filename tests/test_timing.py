@@ -4,7 +4,10 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from aggregator.models import format_time, parse_time
 from aggregator.timing import (
     MAX_WAIT,
     backoff,
@@ -91,3 +94,34 @@ def test_retry_after() -> None:
     assert retry_after("soon", NOW) is None
     assert retry_after(None, NOW) is None
     assert retry_after("99999999", NOW) == MAX_WAIT
+
+
+@settings(max_examples=500)
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), timezones=st.just(UTC)),
+    st.lists(st.sampled_from("0123456789-T:.Z x٣"), min_size=24, max_size=24),
+    st.lists(st.integers(0, 23), max_size=3),
+)
+def test_index_times_read_as_they_are_written(
+    moment: datetime, chars: list[str], spliced: list[int]
+) -> None:
+    """A time reads back as written (to the millisecond); any other text of that length
+    reads as the strict format does, or fails as it does."""
+    assert parse_time(format_time(moment)) == moment.replace(
+        microsecond=moment.microsecond // 1000 * 1000
+    )
+    text = list(format_time(moment))
+    for i in spliced:  # (mostly the shape it writes, with a few characters changed)
+        text[i] = chars[i]
+    for candidate in ("".join(text), "".join(chars)):
+        try:
+            expected: datetime | None = datetime.strptime(
+                candidate, "%Y-%m-%dT%H:%M:%S.%fZ"
+            ).replace(tzinfo=UTC)
+        except ValueError:
+            expected = None
+        try:
+            got: datetime | None = parse_time(candidate)
+        except ValueError:
+            got = None
+        assert got == expected, candidate
