@@ -6,6 +6,7 @@ Nothing here does I/O. Datetimes are timezone-aware UTC.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -39,13 +40,15 @@ def format_time(moment: datetime) -> str:
     )
 
 
-_SEPARATORS = ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":"), (19, "."), (23, "Z"))
+# format_time's shape exactly: ASCII digits where digits go (fromisoformat would also read
+# a zone or a sign in the fraction's place, which the strict format refuses).
+_FORMATTED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 
 
 def parse_time(text: str) -> datetime:
     """Inverse of :func:`format_time`."""
-    if len(text) == 24 and all(text[i] == c for i, c in _SEPARATORS):  # (its own shape,
-        with contextlib.suppress(ValueError):  # read ten times faster)
+    if _FORMATTED.fullmatch(text):  # (its own shape, read several times faster)
+        with contextlib.suppress(ValueError):  # (a day or an hour out of range)
             return datetime.fromisoformat(text[:23]).replace(tzinfo=UTC)
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 

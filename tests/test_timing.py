@@ -4,7 +4,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from aggregator.models import format_time, parse_time
@@ -99,9 +99,13 @@ def test_retry_after() -> None:
 @settings(max_examples=500)
 @given(
     st.datetimes(min_value=datetime(1, 1, 1), timezones=st.just(UTC)),
-    st.lists(st.sampled_from("0123456789-T:.Z x٣"), min_size=24, max_size=24),
+    st.lists(st.sampled_from("0123456789-+T:.Z x٣"), min_size=24, max_size=24),
     st.lists(st.integers(0, 23), max_size=3),
 )
+# (a zone or a sign where the fraction goes, which fromisoformat alone would read)
+@example(datetime(2024, 3, 5, 6, 7, 8, tzinfo=UTC), list("2024-03-05T06:07:08.12ZZ"), [22])
+@example(datetime(2024, 3, 5, 6, 7, 8, tzinfo=UTC), list("2024-03-05T06:07:08.-05Z"), [20])
+@example(datetime(2024, 3, 5, 6, 7, 8, tzinfo=UTC), list("2024-03-05T06:07:08.+05Z"), [20])
 def test_index_times_read_as_they_are_written(
     moment: datetime, chars: list[str], spliced: list[int]
 ) -> None:
