@@ -99,7 +99,8 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     absolute = resolve_url(url, base)
     if absolute is None:
         return None
-    if plain := _PLAIN_KEY.fullmatch(absolute):  # (the common shape, read without parsing)
+    # The common shape, read without parsing (ASCII: nothing in it that strip() takes).
+    if absolute.isascii() and (plain := _PLAIN_KEY.fullmatch(absolute)):
         scheme, host, port, path = plain.groups()
         if port is not None and int(port) != _DEFAULT_PORTS[scheme]:
             host = f"{host}:{int(port)}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 from urllib.parse import urljoin
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from aggregator.urls import is_http_url, normalize_url, resolve_url
@@ -107,13 +107,17 @@ def test_absolute_urls_with_ports_are_checked_as_urlsplit_does(
     st.sampled_from(["http", "https", "HTTP", "Https"]),
     st.sampled_from(["a.example", "A.example", "127.0.0.1", "a-b.example.", "a_b.example"]),
     st.sampled_from(["", ":80", ":443", ":8080", ":0080", ":0", ":65535", ":65536", ":"]),
-    st.text(alphabet="/.?#%;:@=&+~ aB\\\t\x00é", max_size=12),
+    st.text(alphabet="/.?#%;:@=&+~ aB\\\t\x00é\xa0\x85\u3000", max_size=12),
 )
+@example("http", "a.example", "", "/x\xa0")  # (Unicode space at the end: urlsplit strips it)
 def test_dedupe_keys_of_the_common_shape_are_those_of_the_general_rule(
     scheme: str, host: str, port: str, rest: str
 ) -> None:
+    """Read alone, and as the base of a link that names only the scheme."""
     from aggregator.urls import _normalized
 
     url = f"{scheme}://{host}{port}{rest}"
-    absolute = resolve_url(url, None)
-    assert normalize_url(url) == (None if absolute is None else _normalized(absolute)), url
+    for link, base in ((url, None), ("http:", url)):
+        absolute = resolve_url(link, base)
+        expected = None if absolute is None else _normalized(absolute)
+        assert normalize_url(link, base) == expected, (link, base)
