@@ -42,7 +42,7 @@ pytest: $(VENV)/.installed-test
 
 test: lint typecheck pytest  ## everything CI runs
 
-# The side-by-side benchmark (by hand, about 50 minutes): writes bench/RESULTS.md. Its
+# The side-by-side benchmark (by hand, about 40 minutes): writes bench/RESULTS.md. Its
 # peers: lemon24/reader (from PyPI) and newsboat (Debian's, installed when missing).
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'

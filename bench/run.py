@@ -12,7 +12,7 @@ newsboat with ``reload-threads 16`` (its most parallel setting that the farm's h
 take). Subscribing (reader's ``add``, newsboat's url file, the aggregator's feeds.yaml)
 is not timed.
 
-    python bench/run.py                # everything (about 50 minutes on 2 cores)
+    python bench/run.py                # everything (about 40 minutes on 2 cores)
     python bench/run.py --small-only   # the 200-feed side by side only (about 10 minutes)
     python bench/run.py --quick        # a tiny farm, one round: checks that it all runs
 """
