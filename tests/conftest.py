@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -86,11 +88,26 @@ def marked_processes(mark: str) -> dict[int, str]:
     return found
 
 
+# The temporary files of the processes the tests start. Killed on purpose, a process
+# leaves its own behind (multiprocessing's forkserver socket folder, for one): they are
+# kept here, short of path (a socket's path is limited), and removed with it at the end.
+_TMPDIR = "AGGREGATOR_TEST_TMPDIR"
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     os.environ[_MARK] = uuid.uuid4().hex
+    tempfile.tempdir = tempfile.gettempdir()  # (this process's own stay where they were)
+    os.environ[_TMPDIR] = os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="aggregator-test-")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    try:
+        _no_process_left(session)
+    finally:
+        shutil.rmtree(os.environ[_TMPDIR], ignore_errors=True)
+
+
+def _no_process_left(session: pytest.Session) -> None:
     import multiprocessing.forkserver
     import multiprocessing.resource_tracker
 
