@@ -140,7 +140,7 @@ def write_file_atomic(
     ``mode``: the new file's permission bits (default: the umask's). ``durable=False``
     leaves out the fsync, for a file the next publish writes again if a crash lost it.
     """
-    tmp = _temp_path(path)
+    tmp = Path(_temp_name(os.fspath(path)))
     try:
         if make_dirs:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,10 +198,6 @@ def _temp_name(path: str) -> str:
     handles thousands)."""
     folder, slash, name = path.rpartition("/")
     return f"{folder}{slash}.{name}.tmp"
-
-
-def _temp_path(path: Path) -> Path:
-    return Path(_temp_name(os.fspath(path)))
 
 
 class Archive:
@@ -318,10 +314,10 @@ class Archive:
         """Settle writes a crash interrupted; return (completed, discarded)."""
         done: list[str] = []
         gone: list[str] = []
-        for key, path in self.state.pending():
+        pending = self.state.pending()
+        for key, path in pending:
             (done if (self.root / path).is_file() else gone).append(key)
-            with contextlib.suppress(OSError):
-                _temp_path(self.root / path).unlink()
+        self._drop_temps(path for _, path in pending)
         self.state.confirm(done)
         self.state.forget(gone)
         if done or gone:
@@ -423,9 +419,7 @@ class Archive:
                 self._write_temp(post)
             self._commit_files(posts)
         except OSError as e:
-            for post in posts:
-                with contextlib.suppress(OSError):
-                    _temp_path(self.root / post.path).unlink()
+            self._drop_temps(p.path for p in posts)
             raise ArchiveError(f"archive write failed: {e}") from e
 
     @staticmethod
@@ -501,12 +495,16 @@ class Archive:
     def _settle(self, batch: list[Post]) -> None:
         """After a failed write, as recovery would: keep what is in place, forget the rest."""
         done = [p.key for p in batch if os.path.exists(self._full(p.path))]
-        for post in batch:
-            with contextlib.suppress(OSError):
-                os.unlink(_temp_name(self._full(post.path)))
+        self._drop_temps(p.path for p in batch)
         with contextlib.suppress(ArchiveError):
             self.state.confirm(done)
             self.state.forget(p.key for p in batch if p.key not in set(done))
+
+    def _drop_temps(self, paths: Iterable[str]) -> None:
+        """Remove the temp files of these posts' paths, where there are any."""
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(_temp_name(self._full(path)))
 
     def new_posts(self, posts: Iterable[Post]) -> list[Post]:
         """The posts of items not archived yet (neither their key nor an alias known),

@@ -166,7 +166,7 @@ class _Batches:
                 batch, self._queue = self._queue, []
                 try:
                     self._store(batch)
-                except Exception as e:  # (a bug: every feed of the batch says so, none waits)
+                except Exception as e:  # (the batch's one feed, or a bug: each one says so)
                     for _, done in batch:
                         if not done.done():
                             done.set_exception(e)
@@ -181,13 +181,10 @@ class _Batches:
                 new = {p.key for p in self.archive.new_posts(everything)}
             written = self.archive.store(everything)
         except Exception as e:  # (an ArchiveError, or a bug: each feed reports it)
-            if len(batch) > 1:  # each feed alone: a post that cannot be written fails
-                for posts, done in batch:  # its feed only
-                    self._store_alone(posts, done, e, new)
-                return
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(e)
+            if len(batch) == 1:
+                raise
+            for posts, done in batch:  # each feed alone: a post that cannot be written
+                self._store_alone(posts, done, e, new)  # fails its feed only
             return
         by_key = {post.key: post for post in written}
         for posts, done in batch:
@@ -201,14 +198,14 @@ class _Batches:
         """After a failed batch: the feed's posts on their own. A feed whose new posts the
         batch had put in place before it failed (now known, so not written again) gets
         the batch's error, not a pass with fewer new posts."""
-        mine = [p.key for p in posts if p.key in new]
+        mine = {p.key for p in posts} & new
         new.difference_update(mine)  # (an item two feeds carry: the first one's)
         try:
             written = self.archive.store(posts)
         except Exception as e:
             error = e
         else:
-            if len(written) >= len(set(mine)):
+            if len(written) >= len(mine):
                 if not done.done():
                     done.set_result(written)
                 return
@@ -272,12 +269,14 @@ class Poller:
         if limits != (old.max_in_flight, old.max_in_flight_per_host):
             self.limits = Limits(*limits)
 
-    async def settle(self) -> None:
-        """Wait until the posts of every poll so far are stored (before closing)."""
-        await self.batches.settle()
-
-    def close(self) -> None:
-        self.workers.close()
+    async def shutdown(self) -> None:
+        """After the last poll: wait until the posts of every poll are stored, then end
+        the workers and store the statuses not stored yet."""
+        try:
+            await self.batches.settle()
+        finally:
+            self.workers.close()
+            self.flush()
 
     async def poll_feed(self, source: FeedSource) -> FeedResult:
         """Fetch, parse, process and archive one feed, and record its new status.
@@ -538,11 +537,7 @@ async def poll_all(
         try:
             await _until_done_or_stopped(tasks, stop)
         finally:
-            try:
-                await poller.settle()
-            finally:
-                poller.close()
-                poller.flush()
+            await poller.shutdown()
         poller.repair_index(config.feeds)
     results = tuple(t.result() for t in tasks if t.done() and not t.cancelled())
     published, error = False, None

@@ -158,9 +158,7 @@ class Daemon:
                 await asyncio.gather(*tasks[1:], return_exceptions=True)
                 await self._drain()
                 self.scheduler.shutdown(wait=False)
-                await self.poller.settle()
-                self.poller.close()
-                self.poller.flush()
+                await self.poller.shutdown()
                 if self._publish_wanted.is_set():
                     self._publish()
                 server.should_exit = True

@@ -587,30 +587,27 @@ class State:
         outcome, or a post left pending, which recovery settles. This one must not be
         lost, or a post written after it could be archived again.
         """
-        if not durable:
-            self._write(_INSERT_ITEM, (_item_row(p, pending=True) for p in posts))
-            return
-        self._read("PRAGMA synchronous=FULL")
+        if durable:
+            self._read("PRAGMA synchronous=FULL")
         try:
             self._write(_INSERT_ITEM, (_item_row(p, pending=True) for p in posts))
         finally:
-            self._read("PRAGMA synchronous=NORMAL")
+            if durable:
+                self._read("PRAGMA synchronous=NORMAL")
 
     def sync(self) -> None:
         """Make every commit so far durable (the write-ahead log fsynced)."""
         wal = self.path.with_name(self.path.name + "-wal")
         try:
             fd = os.open(wal, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except FileNotFoundError:  # (nothing committed since the last checkpoint)
             return
         except OSError as e:
             raise ArchiveError(f"cannot sync {wal}: {e.strerror or e}") from e
-        try:
-            os.fsync(fd)
-        except OSError as e:
-            raise ArchiveError(f"cannot sync {wal}: {e.strerror or e}") from e
-        finally:
-            os.close(fd)
 
     def confirm(self, keys: Iterable[str]) -> None:
         """Mark items whose post file is in place, and the merged feed as behind them."""

@@ -104,10 +104,7 @@ def one_pass(config_path: Path) -> dict[str, float]:
         spent["start-up"] = time.perf_counter() - started
         polling = time.perf_counter()
 
-        async def poll() -> None:
-            await pipeline.poll_all(config, archive)
-
-        asyncio.run(poll())
+        asyncio.run(pipeline.poll_all(config, archive))
         wall = time.perf_counter() - polling
     result = {"start-up": spent["start-up"]}
     for stage in ("write", "sync", "index", "publish"):

@@ -43,9 +43,6 @@ def clock() -> StepClock:
 def debian_program(command: str, package: str) -> str:
     """The path of ``command``, which a test drives; skipped when it is missing, except
     in CI, where ``.ci/run`` installs its Debian ``package``."""
-    import os
-    import shutil
-
     path = shutil.which(command)
     if path is None:
         if os.environ.get("CI"):

@@ -14,6 +14,7 @@ from aggregator.errors import FetchError
 from aggregator.fetch import FetchSettings, default_user_agent, fetch_feed, make_client
 from aggregator.models import Fetched, NotModified, Validators
 from tests.farm import Answer, Farm, Request, rss
+from tests.hostile import closed_port
 
 FEED = rss([{"title": "a", "link": "http://ex.com/a"}])
 NO_VALIDATORS = Validators()
@@ -108,7 +109,6 @@ def test_tls_settings_are_made_once_and_idle_pools_are_few(monkeypatch: pytest.M
     """Each origin has its own pool, but the trust store is loaded once for all of them
     (~40 ms each time), and at most MAX_IDLE pools stay open: a pass over thousands of
     hosts does not keep thousands of sockets."""
-    import socket
 
     import aggregator.fetch as fetch_module
 
@@ -117,11 +117,7 @@ def test_tls_settings_are_made_once_and_idle_pools_are_few(monkeypatch: pytest.M
     monkeypatch.setattr(
         fetch_module.httpx, "create_ssl_context", lambda **kw: made.append(kw) or real(**kw)
     )
-    ports = []
-    for _ in range(fetch_module._Transports.MAX_IDLE + 6):  # ports nothing listens on
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    ports = [closed_port() for _ in range(fetch_module._Transports.MAX_IDLE + 6)]
     settings = FetchSettings(user_agent=UA)
 
     async def go() -> int:
