@@ -23,6 +23,7 @@ from urllib.parse import urljoin
 import httpx
 
 from aggregator import __version__
+from aggregator.connections import Origin
 from aggregator.errors import FetchError, TooLarge
 from aggregator.models import DEFAULT_MAX_FEED_BYTES, Fetched, NotModified, Validators
 from aggregator.secrets import public_url
@@ -58,7 +59,8 @@ ROUTE = "aggregator.route"  # request extension: (proxy URL or None, verify TLS)
 
 
 class _Transports(httpx.AsyncBaseTransport):
-    """A connection pool per origin, each keeping its connections alive between requests.
+    """A connection pool per origin, each keeping its connections alive between requests:
+    an :class:`~aggregator.connections.Origin`, or httpx's own transport through a proxy.
 
     One pool for every host would scan all of its connections at each request (httpcore
     checks each idle one with a system call): with 50 hosts kept alive that made a pass
@@ -72,9 +74,10 @@ class _Transports(httpx.AsyncBaseTransport):
 
     IDLE_POOL = 60.0  # seconds
     MAX_IDLE = 64  # pools
+    KEEP = 8  # idle connections a pool keeps
 
     def __init__(self) -> None:
-        self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=8)
+        self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=self.KEEP)
         self._pools: dict[tuple[object, ...], _Pool] = {}
         self._swept = time.monotonic()
         self._tls: dict[bool, ssl.SSLContext] = {}
@@ -94,10 +97,11 @@ class _Transports(httpx.AsyncBaseTransport):
             if len(self._pools) >= self.MAX_IDLE:
                 by_age = sorted(self._pools, key=lambda k: self._pools[k].used)
                 self._retire(by_age[: len(self._pools) - self.MAX_IDLE + 1])
+            context = self._context(tls and verify)
             pool = self._pools[key] = _Pool(
-                httpx.AsyncHTTPTransport(
-                    limits=self._limits, verify=self._context(tls and verify), proxy=proxy
-                )
+                Origin(context, self.KEEP)
+                if proxy is None
+                else httpx.AsyncHTTPTransport(limits=self._limits, verify=context, proxy=proxy)
             )
         pool.open += 1
         pool.used = now
@@ -140,7 +144,7 @@ async def _close_all(pools: list[_Pool]) -> None:
 class _Pool:
     __slots__ = ("open", "transport", "used")
 
-    def __init__(self, transport: httpx.AsyncHTTPTransport) -> None:
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
         self.transport = transport
         self.open = 0  # responses not closed yet
         self.used = time.monotonic()
