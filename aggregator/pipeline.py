@@ -165,16 +165,24 @@ class _Batches:
                 await asyncio.sleep(0)  # the feeds whose parse has just ended join in
                 batch, self._queue = self._queue, []
                 try:
-                    self._store(batch)
+                    # In a thread: the event loop goes on fetching and handing out parses
+                    # while files and the index are written (the GIL is let go meanwhile).
+                    outcomes = await asyncio.to_thread(self._store, [p for p, _ in batch])
                 except Exception as e:  # (the batch's one feed, or a bug: each one says so)
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(e)
+                    outcomes = [e] * len(batch)
+                for (_, done), outcome in zip(batch, outcomes, strict=True):
+                    if done.done():
+                        continue
+                    if isinstance(outcome, Exception):
+                        done.set_exception(outcome)
+                    else:
+                        done.set_result(outcome)
         finally:
             self._writer = None
 
-    def _store(self, batch: list[tuple[list[Post], asyncio.Future[list[Post]]]]) -> None:
-        everything = [post for posts, _ in batch for post in posts]
+    def _store(self, batch: list[list[Post]]) -> list[list[Post] | Exception]:
+        """What became of each feed's posts: those written, or the error."""
+        everything = [post for posts in batch for post in posts]
         new: set[str] = set()  # (the items new before the batch, if it holds several feeds)
         try:
             if len(batch) > 1:
@@ -183,18 +191,17 @@ class _Batches:
         except Exception as e:  # (an ArchiveError, or a bug: each feed reports it)
             if len(batch) == 1:
                 raise
-            for posts, done in batch:  # each feed alone: a post that cannot be written
-                self._store_alone(posts, done, e, new)  # fails its feed only
-            return
+            # each feed alone: a post that cannot be written fails its feed only
+            return [self._store_alone(posts, e, new) for posts in batch]
         by_key = {post.key: post for post in written}
-        for posts, done in batch:
-            mine = [w for post in posts if (w := by_key.pop(post.key, None)) is not None]
-            if not done.done():
-                done.set_result(mine)
+        return [
+            [w for post in posts if (w := by_key.pop(post.key, None)) is not None]
+            for posts in batch
+        ]
 
     def _store_alone(
-        self, posts: list[Post], done: asyncio.Future[list[Post]], error: Exception, new: set[str]
-    ) -> None:
+        self, posts: list[Post], error: Exception, new: set[str]
+    ) -> list[Post] | Exception:
         """After a failed batch: the feed's posts on their own. A feed whose new posts the
         batch had put in place before it failed (now known, so not written again) gets
         the batch's error, not a pass with fewer new posts."""
@@ -203,14 +210,8 @@ class _Batches:
         try:
             written = self.archive.store(posts)
         except Exception as e:
-            error = e
-        else:
-            if len(written) >= len(mine):
-                if not done.done():
-                    done.set_result(written)
-                return
-        if not done.done():
-            done.set_exception(error)
+            return e
+        return written if len(written) >= len(mine) else error
 
 
 def _retrieved(future: asyncio.Future[list[Post]]) -> None:
@@ -476,11 +477,12 @@ class Poller:
         if isinstance(error, IndexDamaged) and self.damage is None:
             self.damage = error
 
-    def repair_index(self, feeds: Iterable[FeedSource]) -> None:
+    async def repair_index(self, feeds: Iterable[FeedSource]) -> None:
         """The index was found damaged: move it aside, store every feed's status in a new
         one (their names tell which posts are whose), and rebuild it from the posts."""
         if self.damage is None:
             return
+        await self.batches.settle()  # (no batch is being written while the index is swapped)
         if not self._replaced:
             self.archive.replace_damaged_index(self.damage)
             self._replaced = True
@@ -538,7 +540,7 @@ async def poll_all(
             await _until_done_or_stopped(tasks, stop)
         finally:
             await poller.shutdown()
-        poller.repair_index(config.feeds)
+        await poller.repair_index(config.feeds)
     results = tuple(t.result() for t in tasks if t.done() and not t.cancelled())
     published, error = False, None
     if any(r.new for r in results) or publish_due(archive):

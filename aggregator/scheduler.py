@@ -260,7 +260,7 @@ class Daemon:
             if not waiter.done():
                 waiter.set_result(result)
         if self.poller.damage is not None:
-            self._repair_index()
+            await self._repair_index()
         self._index_health()
         if result is not None:
             self.metrics.observe(result)
@@ -342,10 +342,10 @@ class Daemon:
         finally:
             writer.close()
 
-    def _repair_index(self) -> None:
+    async def _repair_index(self) -> None:
         """The index was found damaged during a poll: rebuild it now from the posts."""
         try:
-            self.poller.repair_index(self.config.feeds)
+            await self.poller.repair_index(self.config.feeds)
         except AggregatorError as e:  # tried again after the next poll
             log.error("cannot rebuild the damaged index: %s", e)
         self.site.reopen(self.archive.state)

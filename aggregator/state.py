@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -281,6 +282,7 @@ class State:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        self._lock = threading.RLock()  # one statement or transaction at a time
         self._columns = _FEED_COLUMNS
         self._old = False  # read-only, of schema 1: no meta table, no local_errors column
         self._items = _ITEM_COLUMNS
@@ -303,7 +305,8 @@ class State:
                     self._items = _ITEM_COLUMNS.replace("link", "key")  # keys were links
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
+            # (the poller's writer thread and the event loop's share it, under _lock)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except OSError as e:
             raise ArchiveError(f"cannot create {path.parent}: {e.strerror or e}") from e
         except sqlite3.Error as e:
@@ -385,7 +388,7 @@ class State:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One committed write transaction."""
         try:
-            with self._db:
+            with self._lock, self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
         except sqlite3.Error as e:
@@ -397,7 +400,8 @@ class State:
 
     def _read(self, sql: str, params: Iterable[object] = ()) -> list[Any]:
         try:
-            return self._db.execute(sql, tuple(params)).fetchall()
+            with self._lock:
+                return self._db.execute(sql, tuple(params)).fetchall()
         except sqlite3.Error as e:
             raise explain(self.path, e) from e
 
@@ -587,13 +591,14 @@ class State:
         outcome, or a post left pending, which recovery settles. This one must not be
         lost, or a post written after it could be archived again.
         """
-        if durable:
-            self._read("PRAGMA synchronous=FULL")
-        try:
-            self._write(_INSERT_ITEM, (_item_row(p, pending=True) for p in posts))
-        finally:
+        with self._lock:  # (the setting is the connection's: no other write meanwhile)
             if durable:
-                self._read("PRAGMA synchronous=NORMAL")
+                self._read("PRAGMA synchronous=FULL")
+            try:
+                self._write(_INSERT_ITEM, (_item_row(p, pending=True) for p in posts))
+            finally:
+                if durable:
+                    self._read("PRAGMA synchronous=NORMAL")
 
     def sync(self) -> None:
         """Make every commit so far durable (the write-ahead log fsynced)."""

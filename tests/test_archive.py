@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from aggregator import archive as archive_module
 from aggregator.archive import Archive
-from aggregator.models import Entry, Post
+from aggregator.models import Entry, FeedStatus, Outcome, Post
 from aggregator.process import make_post
 from aggregator.state import State
 
@@ -250,6 +251,53 @@ def test_read_post_round_trip(tmp_path: Path) -> None:
     assert stored.archived == post.archived
     assert stored.published == T0
     assert stored.content == "<p>item 0</p>"
+
+
+def test_while_a_batch_is_written_the_poller_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Posts are written away from the event loop: while a slow disk holds a batch, the
+    poller still reads and writes the index (feed statuses), other feeds queue their posts,
+    and everything is stored once the disk answers."""
+    from aggregator.pipeline import _Batches
+
+    entered, slow = threading.Event(), threading.Event()
+    waited: list[bool] = []
+    real_write = Archive._write_temp
+
+    def stuck(self: Archive, post: Post) -> None:  # the first batch waits for the loop
+        if not entered.is_set():
+            entered.set()
+            waited.append(slow.wait(timeout=10))
+        real_write(self, post)
+
+    monkeypatch.setattr(Archive, "_write_temp", stuck)
+    first, second = posts(3, prefix="first"), posts(2, prefix="second")
+
+    async def go() -> tuple[list[Post], list[Post], FeedStatus | None]:
+        with Archive(tmp_path) as arc:
+            batches = _Batches(arc)
+            one = asyncio.create_task(batches.store(first))
+            while not entered.is_set() and not one.done():  # (until the write has begun)
+                await asyncio.sleep(0.01)
+            two = asyncio.create_task(batches.store(second))
+            arc.state.save_statuses([FeedStatus("https://ex.com/feed", outcome=Outcome.NEW)])
+            status = arc.state.statuses().get("https://ex.com/feed")
+            assert arc.state.known_keys(p.key for p in second) == set()
+            slow.set()
+            return await one, await two, status
+
+    stored_first, stored_second, status = asyncio.run(go())
+    assert waited == [True]  # the loop let the disk go on, not the 10 s timeout
+    assert status is not None and status.outcome is Outcome.NEW
+    assert [p.title for p in stored_first + stored_second] == [
+        "first 0",
+        "first 1",
+        "first 2",
+        "second 0",
+        "second 1",
+    ]
+    assert_consistent(tmp_path, {p.key for p in first + second})
 
 
 def test_feeds_whose_parse_ends_together_share_one_batch(
