@@ -438,7 +438,11 @@ class Poller:
             if enriching:
                 posts, worked = await self._enricher().new_posts(source, posts, proxy)
             written = await self.batches.store(posts)
-            revised = self.archive.revise(posts, self.clock()) if source.updates else []
+            revised: list[Post] = []
+            if source.updates:  # (an item archived just now has no edit to look for)
+                new = {post.key for post in written}
+                kept = [post for post in posts if post.key not in new]
+                revised = self.archive.revise(kept, self.clock())
             if enriching:
                 await self._enricher().after_archiving(source, proxy, worked, revised)
         except ArchiveError as e:  # our fault, not the feed's: retried soon (the whole feed,
