@@ -36,8 +36,9 @@ class _Connection:
         self.idle_since = 0.0
 
     def reusable(self, now: float, expiry: float) -> bool:
-        """Still open at both ends, nothing unasked for arrived, and not idle too long
-        (a server closes idle connections after a while of its own)."""
+        """Not closed by the server (its close is seen as the end of the stream) nor
+        broken, and not idle too long: a server closes idle connections after a while of
+        its own, and a request sent just then would be lost."""
         return (
             now - self.idle_since < expiry
             and not self.reader.at_eof()
