@@ -3,11 +3,12 @@ in this process, with a timer around each stage; the median of 5 such pairs (the
 machine is noisy). Usage: python bench/profile.py URLS [ROUNDS [FOLDER]]; the archives
 are made in FOLDER and kept there (default: a temporary folder, removed at the end).
 
-Stages of the main process (one thread: they add up): start-up (imports, feeds.yaml,
-opening the index), write (post files), sync (making them durable), index (SQLite: the
-items and the feeds' statuses), publish. Stages that overlap (the requests in flight, the
-parse workers) are given as the wall time during which at least one was under way; the
-rest of the pass is the event loop's own work (HTTP, scheduling). The parse workers'
+Stages of the main process: start-up (imports, feeds.yaml, opening the index), write
+(post files), sync (making them durable), index (SQLite: the items and the feeds'
+statuses), publish. The batches of posts are written in a thread of their own, so write,
+sync and most of index overlap the event loop's work (HTTP, scheduling) rather than add
+up with it. Stages that overlap by nature (the requests in flight, the parse workers)
+are given as the wall time during which at least one was under way. The parse workers'
 split (parse, sanitize, render) is their CPU time, measured again in this process on the
 same bodies.
 """
@@ -21,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -30,6 +32,7 @@ from typing import Any
 
 spent: defaultdict[str, float] = defaultdict(float)
 spans: defaultdict[str, list[tuple[float, float]]] = defaultdict(list)
+counting = threading.Lock()
 
 
 def add_timer(
@@ -49,7 +52,8 @@ def add_timer(
         try:
             return inner(*args, **kwargs)
         finally:
-            into[stage] += clock() - started
+            with counting:  # (called from the writer thread and the event loop's)
+                into[stage] += clock() - started
 
     setattr(owner, name, timed)
     return lambda: setattr(owner, name, inner)
