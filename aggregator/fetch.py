@@ -239,7 +239,7 @@ def _reason(error: Exception, settings: FetchSettings) -> str:
 
 def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
     seen: BaseException | None = error
-    for _ in range(10):  # the chain httpx → httpcore → the OS error is short
+    for _ in range(10):  # the chain from httpx's error to the OS error is short
         if seen is None:
             return False
         if isinstance(seen, kind):

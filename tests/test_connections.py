@@ -158,21 +158,76 @@ def test_connection_close_and_a_body_ended_by_the_close_are_read_then_dropped() 
     each end their connection: the next request opens another."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await request_head(reader)
-        if n == 0:
-            writer.write(answer(extra="Connection: close\r\n"))
-        else:
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/rss+xml\r\n\r\n" + FEED)
-        await writer.drain()
-        if n == 0:  # (the client must not wait for a close to end this one)
-            await reader.read()
+        while True:
+            await request_head(reader)
+            if n == 0:
+                writer.write(answer(extra="Connection: close\r\n"))
+            elif n == 1:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/rss+xml\r\n\r\n" + FEED)
+            else:
+                writer.write(answer())
+            await writer.drain()
+            if n == 0:  # the client must not wait for the close to end this answer
+                await reader.read()
+            if n < 2:  # (the second answer ends with the close)
+                return
 
     async def go() -> None:
         async with serving(script) as server, client() as c:
-            for _ in range(2):
+            for _ in range(3):
                 got = await fetch_feed(c, server.url, Validators(), SETTINGS)
                 assert isinstance(got, Fetched) and got.content == FEED
-            assert server.connections == 2
+            assert server.connections == 3
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    ("late", "closes"),
+    [
+        (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", True),
+        (b"\r\n", False),
+    ],
+    ids=["408-then-close", "a-stray-byte"],
+)
+def test_bytes_arriving_on_an_idle_connection_make_it_unusable(late: bytes, closes: bool) -> None:
+    """A server that answers, then writes to the idle connection (its "408 Request
+    Timeout" before it closes, or a stray byte): the next request goes on a new
+    connection and gets its own answer, not those bytes."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await request_head(reader)
+            writer.write(answer())
+            await writer.drain()
+            if n == 0:
+                await asyncio.sleep(0.05)
+                writer.write(late)
+                await writer.drain()
+                if closes:
+                    return
+                await asyncio.sleep(10)  # (it still holds the connection open)
+
+    async def go() -> None:
+        async with serving(script) as server, client() as c:
+            first = await fetch_feed(c, server.url, Validators(), SETTINGS)
+            await asyncio.sleep(0.2)  # (the late bytes have come)
+            second = await fetch_feed(c, server.url, Validators(), SETTINGS)
+            assert isinstance(first, Fetched) and isinstance(second, Fetched)
+            assert second.content == FEED and server.connections == 2
+
+    run(go())
+
+
+def test_a_host_name_that_cannot_be_encoded_is_a_connect_error() -> None:
+    """A name IDNA cannot encode (an empty or a 64-letter label: a feed's own URL, or a
+    redirect to it) fails its fetch with a reason that names it, not an internal error."""
+
+    async def go() -> None:
+        async with client() as c:
+            for host in ("a..example", "a" * 64 + ".example"):
+                with pytest.raises(FetchError, match=f"invalid host name '{host}'"):
+                    await fetch_feed(c, f"http://{host}/feed", Validators(), SETTINGS)
 
     run(go())
 
