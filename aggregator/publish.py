@@ -100,6 +100,7 @@ def publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
 def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
     base = site_base(config.link)
     stylesheet = f"{urlsplit(base).path}assets/{FEED_STYLESHEET}"
+    mark = archive.state.publish_mark()  # (before the index is read)
     main = Channel(config.title, config.description, config.link, base, config.podcast, stylesheet)
     items = _load_items(archive, archive.state.newest(config.max_items), {}, config.link)
     paths = _write_feed(archive.root, main, items, now)
@@ -120,7 +121,7 @@ def _publish(config: Config, archive: Archive, now: datetime) -> list[Path]:
         paths += _write_feed(archive.root / TAGS_DIR / tag.slug, channel, tagged, now)
     install_site(archive.root)
     write_site_data(config, archive.root, tags, archive.state)
-    archive.state.published()
+    archive.state.published(mark)
     log.info("published items=%d tags=%d", len(items), len(tags))
     return paths
 

@@ -118,7 +118,12 @@ _ADDED = {
 _BATCH = 500  # keys per IN (...) query
 BUSY_TIMEOUT_MS = 10_000  # how long to wait for another process's lock on the index
 _PUBLISH_NEEDED = "publish_needed"  # meta key: posts were archived since the last publish
-_MARK_BEHIND = f"INSERT OR REPLACE INTO meta VALUES ('{_PUBLISH_NEEDED}', '1')"  # noqa: S608
+# Each mark changes the value, so that a publish clears only the mark it saw (posts
+# confirmed while it ran keep the merged feed behind).
+_MARK_BEHIND = (
+    f"INSERT INTO meta VALUES ('{_PUBLISH_NEEDED}', '1') ON CONFLICT (key)"  # noqa: S608
+    " DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
 _DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 
@@ -273,7 +278,9 @@ def _status_row(s: FeedStatus) -> tuple[object, ...]:
 
 
 class State:
-    """The index database. One instance per process; not shared across threads.
+    """The index database. One instance per process; shared by the event loop's thread
+    and the thread that writes the batches of posts, one statement or transaction at a
+    time (a lock).
 
     Every SQLite error leaves it as an :class:`ArchiveError` that says what to do
     (:class:`IndexDamaged` when the file is not a sound database).
@@ -382,7 +389,8 @@ class State:
         return db
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -479,9 +487,16 @@ class State:
         """The merged feed is behind the posts (some were rewritten)."""
         self._write(_MARK_BEHIND, [()])
 
-    def published(self) -> None:
-        """The merged feed was written from the index as it is now."""
-        self._write("DELETE FROM meta WHERE key = ?", [(_PUBLISH_NEEDED,)])
+    def publish_mark(self) -> str | None:
+        """What says that the merged feed is behind (None: it is not), read before a
+        publish reads the index."""
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (_PUBLISH_NEEDED,))
+        return str(rows[0][0]) if rows else None
+
+    def published(self, mark: str | None) -> None:
+        """The merged feed was written from the index as it was when ``mark`` was read:
+        it is up to date unless posts were marked since."""
+        self._write("DELETE FROM meta WHERE key = ? AND value IS ?", [(_PUBLISH_NEEDED, mark)])
 
     # Items -------------------------------------------------------------------------
 
@@ -651,8 +666,10 @@ class State:
     def count(self, feeds: Iterable[str] | None = None) -> int:
         """Archived items (of ``feeds`` only, if given); as cheap with 100,000 as with 10."""
         if feeds is None:  # (count(*) of a whole table walks no row; few are pending)
-            every = self._read("SELECT count(*) FROM items")[0][0]
-            return int(every - self._read("SELECT count(*) FROM items WHERE pending = 1")[0][0])
+            with self._lock:  # (no batch reserved or confirmed between the two)
+                every = self._read("SELECT count(*) FROM items")[0][0]
+                pending = self._read("SELECT count(*) FROM items WHERE pending = 1")[0][0]
+            return int(every - pending)
         only, values = _only(feeds)
         if self._counted:
             query = f"SELECT sum(posts) FROM feed_posts WHERE 1{only}"  # noqa: S608
