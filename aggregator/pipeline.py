@@ -487,6 +487,8 @@ class Poller:
         if self.damage is None:
             return
         await self.batches.settle()  # (no batch is being written while the index is swapped)
+        if self.damage is None:  # (repaired meanwhile, by the poll that waited first)
+            return
         if not self._replaced:
             self.archive.replace_damaged_index(self.damage)
             self._replaced = True

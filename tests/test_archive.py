@@ -280,11 +280,15 @@ def test_while_a_batch_is_written_the_poller_goes_on(
             one = asyncio.create_task(batches.store(first))
             while not entered.is_set() and not one.done():  # (until the write has begun)
                 await asyncio.sleep(0.01)
-            two = asyncio.create_task(batches.store(second))
-            arc.state.save_statuses([FeedStatus("https://ex.com/feed", outcome=Outcome.NEW)])
-            status = arc.state.statuses().get("https://ex.com/feed")
-            assert arc.state.known_keys(p.key for p in second) == set()
-            slow.set()
+            try:
+                two = asyncio.create_task(batches.store(second))
+                await asyncio.sleep(0)  # (queued behind the first batch)
+                arc.state.save_statuses([FeedStatus("https://ex.com/feed", outcome=Outcome.NEW)])
+                status = arc.state.statuses().get("https://ex.com/feed")
+                # The first batch is reserved (so known), not written yet; the second waits.
+                assert arc.state.known_keys(p.key for p in first + second) == {p.key for p in first}
+            finally:
+                slow.set()
             return await one, await two, status
 
     stored_first, stored_second, status = asyncio.run(go())
@@ -421,3 +425,50 @@ def test_feeds_whose_parse_ends_together_share_one_batch(
     assert all(isinstance(e, archive_module.ArchiveError) and "No space" in str(e) for e in errors)
     monkeypatch.undo()
     assert_consistent(tmp_path, everything)
+
+
+def test_polls_that_find_the_index_damaged_together_repair_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the daemon every poll that ends while the index is damaged asks for its repair,
+    and each waits for the batch being written first: the first repairs it, the others
+    find it repaired (they must not move the new index aside again)."""
+    import httpx
+
+    from aggregator.config import load_config
+    from aggregator.errors import IndexDamaged
+    from aggregator.pipeline import Poller
+    from tests.conftest import write_config
+
+    config = load_config(write_config(tmp_path, [{"url": "https://ex.com/feed"}]))
+    entered, slow = threading.Event(), threading.Event()
+    real_write = Archive._write_temp
+
+    def stuck(self: Archive, post: Post) -> None:  # a batch still being written
+        if not entered.is_set():
+            entered.set()
+            slow.wait(timeout=10)
+        real_write(self, post)
+
+    monkeypatch.setattr(Archive, "_write_temp", stuck)
+
+    async def go(arc: Archive) -> None:
+        async with httpx.AsyncClient() as client:
+            poller = Poller(config, arc, client)
+            writing = asyncio.create_task(poller.batches.store(posts(2)))
+            while not entered.is_set():
+                await asyncio.sleep(0.01)
+            poller.damage = IndexDamaged(f"{arc.state.path}: file is not a database")
+            repairs = [asyncio.create_task(poller.repair_index(config.feeds)) for _ in range(2)]
+            await asyncio.sleep(0.05)  # (both wait for the batch)
+            slow.set()
+            await asyncio.gather(writing, *repairs)
+            poller.workers.close()
+            assert poller.damage is None
+
+    with Archive(config.archive) as arc:
+        asyncio.run(go(arc))
+        assert arc.state.count() == 2  # the new index, rebuilt from the posts
+    aside = [p.name for p in config.archive.rglob("*.damaged-*") if "-wal" not in p.name]
+    assert len([n for n in aside if not n.endswith("-shm")]) == 1, aside
+    assert_consistent(config.archive, {p.key for p in posts(2)})
