@@ -42,6 +42,28 @@ async def request_head(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
+async def conditional(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    """A sound server: every request of the connection answered, 304 to the validator."""
+    while True:
+        head = await request_head(reader)
+        writer.write(answer(304, b"") if b'If-None-Match: "v1"' in head else answer())
+        await writer.drain()
+
+
+def copies_over_connections(script: Script, times: int, connections: int) -> None:
+    """``times`` fetches from a server running ``script`` each get the feed whole, over
+    ``connections`` connections in all."""
+
+    async def go() -> None:
+        async with serving(script) as server, client() as c:
+            for _ in range(times):  # (no validators: the whole feed each time)
+                got = await fetch_feed(c, server.url, Validators(), SETTINGS)
+                assert isinstance(got, Fetched) and got.status == 200 and got.content == FEED
+            assert server.connections == connections
+
+    run(go())
+
+
 class Server:
     def __init__(self, script: Script) -> None:
         self.script = script
@@ -115,14 +137,8 @@ def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
 
 
 def test_kept_alive_connections_carry_the_next_requests() -> None:
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        while True:
-            head = await request_head(reader)
-            writer.write(answer(304, b"") if b'If-None-Match: "v1"' in head else answer())
-            await writer.drain()
-
     async def go() -> None:
-        async with serving(script) as server, client() as c:
+        async with serving(conditional) as server, client() as c:
             answers = [await fetch_feed(c, server.url, VALIDATORS, SETTINGS) for _ in range(5)]
             assert all(isinstance(a, NotModified) for a in answers)
             assert server.connections == 1
@@ -135,14 +151,8 @@ def test_a_connection_idle_too_long_is_not_reused(monkeypatch: pytest.MonkeyPatc
     just as a request is sent on it: such a connection is closed rather than reused."""
     monkeypatch.setattr(Origin, "EXPIRY", 0.2)
 
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        while True:
-            head = await request_head(reader)
-            writer.write(answer(304, b"") if b'If-None-Match: "v1"' in head else answer())
-            await writer.drain()
-
     async def go() -> None:
-        async with serving(script) as server, client() as c:
+        async with serving(conditional) as server, client() as c:
             for pause in (0, 0.05, 0.3, 0.05):
                 await asyncio.sleep(pause)
                 assert isinstance(
@@ -172,14 +182,7 @@ def test_connection_close_and_a_body_ended_by_the_close_are_read_then_dropped() 
             if n < 2:  # (the second answer ends with the close)
                 return
 
-    async def go() -> None:
-        async with serving(script) as server, client() as c:
-            for _ in range(3):
-                got = await fetch_feed(c, server.url, Validators(), SETTINGS)
-                assert isinstance(got, Fetched) and got.content == FEED
-            assert server.connections == 3
-
-    run(go())
+    copies_over_connections(script, 3, 3)
 
 
 @pytest.mark.parametrize(
@@ -244,14 +247,7 @@ def test_chunks_and_an_informational_answer_before_the_real_one() -> None:
                 await writer.drain()
             writer.write(b"0\r\n\r\n")
 
-    async def go() -> None:
-        async with serving(script) as server, client() as c:
-            for _ in range(2):
-                got = await fetch_feed(c, server.url, Validators(), SETTINGS)
-                assert isinstance(got, Fetched) and got.status == 200 and got.content == FEED
-            assert server.connections == 1
-
-    run(go())
+    copies_over_connections(script, 2, 1)
 
 
 def test_bytes_past_the_answer_cannot_become_the_next_answer() -> None:
@@ -266,14 +262,7 @@ def test_bytes_past_the_answer_cannot_become_the_next_answer() -> None:
             writer.write(answer() + (smuggled if n == 0 else b""))
             await writer.drain()
 
-    async def go() -> None:
-        async with serving(script) as server, client() as c:
-            for _ in range(2):
-                got = await fetch_feed(c, server.url, Validators(), SETTINGS)
-                assert isinstance(got, Fetched) and got.content == FEED
-            assert server.connections == 2
-
-    run(go())
+    copies_over_connections(script, 2, 2)
 
 
 @pytest.mark.parametrize(
@@ -372,14 +361,8 @@ def test_tls_checks_the_name_and_keeps_connections_alive(monkeypatch: pytest.Mon
 
     monkeypatch.setattr("aggregator.fetch.httpx.create_ssl_context", trusting)
 
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        while True:
-            head = await request_head(reader)
-            writer.write(answer(304, b"") if b'If-None-Match: "v1"' in head else answer())
-            await writer.drain()
-
     async def go() -> None:
-        async with serving(script, tls=served) as server, client() as c:
+        async with serving(conditional, tls=served) as server, client() as c:
             answers = [await fetch_feed(c, server.url, VALIDATORS, SETTINGS) for _ in range(3)]
             assert all(isinstance(a, NotModified) for a in answers)
             assert server.connections == 1
