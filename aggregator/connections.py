@@ -54,7 +54,7 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> None:
         self._ended = True
-        self._wake()  # (returning None lets the transport close itself)
+        self._wake()  # (returning None lets a TCP transport close itself; TLS closes anyway)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._ended = True
@@ -82,7 +82,8 @@ class _Connection(asyncio.Protocol):
         """Hand ``data`` to the transport. A request is a few hundred bytes: it goes into
         the socket's buffer at once (a server that never reads it is caught by the read
         timeout)."""
-        assert self._transport is not None
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionResetError("the connection closed before the request was sent")
         self._transport.write(data)
 
     def close(self) -> None:
@@ -204,7 +205,10 @@ class Origin(httpx.AsyncBaseTransport):
             data += connection.h11.send(h11.EndOfMessage())
         except h11.LocalProtocolError as e:  # a header value with a line break, say
             raise httpx.LocalProtocolError(str(e), request=request) from e
-        connection.send(data)
+        try:
+            connection.send(data)
+        except OSError as e:
+            raise httpx.WriteError(str(e), request=request) from e
 
     def release(self, connection: _Connection, complete: bool) -> None:
         """The answer on ``connection`` ended (read to its end if ``complete``): keep the

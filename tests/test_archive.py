@@ -456,7 +456,7 @@ def test_polls_that_find_the_index_damaged_together_repair_it_once(
         async with httpx.AsyncClient() as client:
             poller = Poller(config, arc, client)
             writing = asyncio.create_task(poller.batches.store(posts(2)))
-            while not entered.is_set():
+            while not entered.is_set() and not writing.done():  # (until the write has begun)
                 await asyncio.sleep(0.01)
             poller.damage = IndexDamaged(f"{arc.state.path}: file is not a database")
             repairs = [asyncio.create_task(poller.repair_index(config.feeds)) for _ in range(2)]

@@ -149,11 +149,11 @@ def test_kept_alive_connections_carry_the_next_requests() -> None:
 def test_a_connection_idle_too_long_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past a few seconds idle a server may close the connection at any moment, maybe
     just as a request is sent on it: such a connection is closed rather than reused."""
-    monkeypatch.setattr(Origin, "EXPIRY", 0.2)
+    monkeypatch.setattr(Origin, "EXPIRY", 1.0)
 
     async def go() -> None:
         async with serving(conditional) as server, client() as c:
-            for pause in (0, 0.05, 0.3, 0.05):
+            for pause in (0, 0.05, 1.3, 0.05):
                 await asyncio.sleep(pause)
                 assert isinstance(
                     await fetch_feed(c, server.url, VALIDATORS, SETTINGS), NotModified
@@ -198,6 +198,8 @@ def test_bytes_arriving_on_an_idle_connection_make_it_unusable(late: bytes, clos
     Timeout" before it closes, or a stray byte): the next request goes on a new
     connection and gets its own answer, not those bytes."""
 
+    written = asyncio.Event()
+
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         while True:
             await request_head(reader)
@@ -207,6 +209,7 @@ def test_bytes_arriving_on_an_idle_connection_make_it_unusable(late: bytes, clos
                 await asyncio.sleep(0.05)
                 writer.write(late)
                 await writer.drain()
+                written.set()
                 if closes:
                     return
                 await asyncio.sleep(10)  # (it still holds the connection open)
@@ -214,7 +217,8 @@ def test_bytes_arriving_on_an_idle_connection_make_it_unusable(late: bytes, clos
     async def go() -> None:
         async with serving(script) as server, client() as c:
             first = await fetch_feed(c, server.url, Validators(), SETTINGS)
-            await asyncio.sleep(0.2)  # (the late bytes have come)
+            await written.wait()
+            await asyncio.sleep(0.05)  # (the event loop hands the late bytes over)
             second = await fetch_feed(c, server.url, Validators(), SETTINGS)
             assert isinstance(first, Fetched) and isinstance(second, Fetched)
             assert second.content == FEED and server.connections == 2
@@ -263,6 +267,24 @@ def test_bytes_past_the_answer_cannot_become_the_next_answer() -> None:
             await writer.drain()
 
     copies_over_connections(script, 2, 2)
+
+
+def test_a_big_body_arrives_whole() -> None:
+    """A body far bigger than what the connection holds before it pauses reading (two
+    reads' worth) arrives whole: reading resumes as the client takes it."""
+    big = bytes(range(256)) * (12 * 1024)  # 3 MiB
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await request_head(reader)
+        writer.write(answer(body=big))
+        await writer.drain()
+
+    async def go() -> None:
+        async with serving(script) as server, client() as c:
+            got = await fetch_feed(c, server.url, Validators(), SETTINGS)
+            assert isinstance(got, Fetched) and got.content == big
+
+    run(go())
 
 
 @pytest.mark.parametrize(
