@@ -32,10 +32,11 @@ class _Connection(asyncio.Protocol):
     and reading pauses while more than two reads' worth waits (a big download does not
     pile up in memory)."""
 
+    _transport: asyncio.Transport  # (set by connection_made, before anything else is called)
+
     def __init__(self) -> None:
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.idle_since = 0.0
-        self._transport: asyncio.Transport | None = None
         self._received = bytearray()
         self._ended = False  # the server closed (or the connection broke)
         self._error: Exception | None = None
@@ -47,7 +48,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received += data
-        if len(self._received) > 2 * READ_SIZE and self._transport and not self._paused:
+        if len(self._received) > 2 * READ_SIZE and not self._paused:
             self._paused = True
             self._transport.pause_reading()
         self._wake()
@@ -74,7 +75,6 @@ class _Connection(asyncio.Protocol):
             now - self.idle_since < expiry
             and not self._received
             and not self._ended
-            and self._transport is not None
             and not self._transport.is_closing()
         )
 
@@ -82,14 +82,13 @@ class _Connection(asyncio.Protocol):
         """Hand ``data`` to the transport. A request is a few hundred bytes: it goes into
         the socket's buffer at once (a server that never reads it is caught by the read
         timeout)."""
-        if self._transport is None or self._transport.is_closing():
+        if self._transport.is_closing():
             raise ConnectionResetError("the connection closed before the request was sent")
         self._transport.write(data)
 
     def close(self) -> None:
         """Closed at once: nothing is pending (the answer is read, or abandoned)."""
-        if self._transport is not None:
-            self._transport.abort()
+        self._transport.abort()
 
     async def _read(self) -> bytes:
         """What arrived (at least a byte), or b"" once the server has closed."""
@@ -103,7 +102,7 @@ class _Connection(asyncio.Protocol):
             raise self._error
         data = bytes(self._received)
         self._received.clear()
-        if self._paused and self._transport is not None:
+        if self._paused:
             self._paused = False
             self._transport.resume_reading()
         return data
