@@ -49,6 +49,23 @@ def state_path(root: Path) -> Path:
     return root / STATE_DIR / "state.sqlite3"
 
 
+def surely_downloads(root: Path, urls: Iterable[str]) -> bool:
+    """Whether polling these feeds surely downloads one whole: one was never fetched, or
+    the index holds nothing to ask it conditionally with."""
+    path = state_path(root)
+    if not path.exists():
+        return True
+    try:
+        state = State(path, readonly=True)
+        try:
+            conditional = state.conditional_feeds()
+        finally:
+            state.close()
+    except ArchiveError:  # (the pass says what is wrong with the index)
+        return False
+    return not conditional.issuperset(urls)
+
+
 def has_posts(root: Path) -> bool:
     """Whether ``_posts/`` of the archive at ``root`` holds a post (stops at the first)."""
     return next(_walk(root / POSTS_DIR, POSTS_DIR), None) is not None

@@ -276,7 +276,7 @@ class Poller:
         try:
             await self.batches.settle()
         finally:
-            self.workers.close()
+            await self.workers.close()
             self.flush()
 
     async def poll_feed(self, source: FeedSource) -> FeedResult:

@@ -429,6 +429,11 @@ class State:
         rows = self._read(f"SELECT {self._columns} FROM feeds")  # noqa: S608 -- fixed names
         return {r[0]: _status(r) for r in rows}
 
+    def conditional_feeds(self) -> set[str]:
+        """The URLs of the feeds that have validators to be asked conditionally with."""
+        rows = self._read("SELECT url FROM feeds WHERE etag <> '' OR last_modified <> ''")
+        return {r[0] for r in rows}
+
     def status(self, url: str) -> FeedStatus | None:
         found = self._read(f"SELECT {self._columns} FROM feeds WHERE url = ?", (url,))  # noqa: S608
         return _status(found[0]) if found else None

@@ -12,6 +12,7 @@ page for feeds with ``full_text`` (:func:`extract`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor
@@ -23,6 +24,8 @@ from aggregator.errors import ParseError
 from aggregator.models import Entry, ItemRules, Post
 
 if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+
     from aggregator.fulltext import PageJob
 
 log = logging.getLogger(__name__)
@@ -145,24 +148,51 @@ def release_memory() -> None:
     trim(0)
 
 
+PRELOAD = ["aggregator.lifeline", "aggregator.parsers", "aggregator.process", "aggregator.posts"]
+
+
+def _context() -> BaseContext:
+    import multiprocessing  # noqa: PLC0415 -- not needed on a warm pass
+
+    context = multiprocessing.get_context("forkserver")
+    # lifeline first: the forkserver and its workers die with this process, whatever
+    # kills it, and leave SIGINT/SIGTERM to it.
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def start_forkserver() -> None:
+    """Start the process the workers are forked from, without waiting for it: its imports
+    (about 0.2 s) then overlap this process's own. For a pass that will surely parse."""
+    from multiprocessing import forkserver  # noqa: PLC0415
+
+    _context()
+    forkserver.ensure_running()
+
+
 class Workers:
     """Runs :func:`prepare` in ``count`` processes (started on first use), or in a thread."""
 
     def __init__(self, count: int) -> None:
         self.count = count
         self._pool: Executor | None = None
+        self._starting: asyncio.Future[Executor] | None = None
 
     def _start(self) -> Executor:
-        import multiprocessing  # noqa: PLC0415 -- not needed on a warm pass
+        """A pool with its first process running. In a thread: starting it waits for the
+        forkserver's imports (about 0.2 s), which would stall the event loop; the other
+        processes start from the forkserver then ready, in a few milliseconds each."""
         from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
 
-        context = multiprocessing.get_context("forkserver")
-        # lifeline first: the forkserver and its workers die with this process, whatever
-        # kills it, and leave SIGINT/SIGTERM to it.
-        context.set_forkserver_preload(
-            ["aggregator.lifeline", "aggregator.parsers", "aggregator.process", "aggregator.posts"]
-        )
-        return ProcessPoolExecutor(self.count, mp_context=context)
+        pool = ProcessPoolExecutor(self.count, mp_context=_context())
+        pool.submit(int)  # (the first task starts the first process)
+        return pool
+
+    def _started(self, future: asyncio.Future[Executor]) -> None:
+        if self._starting is future:
+            self._starting = None
+            if not future.cancelled() and future.exception() is None:
+                self._pool = future.result()
 
     async def prepare(self, job: Job) -> Prepared:
         return await self._run(prepare, job, job.feed_url)
@@ -174,9 +204,12 @@ class Workers:
     async def _run(self, work: Callable[[J], R], job: J, url: str) -> R:
         if self.count == 0:
             return await asyncio.to_thread(work, job)
-        if self._pool is None:
-            self._pool = self._start()
         pool = self._pool
+        if pool is None:
+            if self._starting is None:
+                self._starting = asyncio.ensure_future(asyncio.to_thread(self._start))
+                self._starting.add_done_callback(self._started)
+            pool = await asyncio.shield(self._starting)  # (one start for every waiter)
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, work, job)
         except BrokenExecutor:
@@ -188,7 +221,10 @@ class Workers:
                 url, "the parser process died on this document (out of memory?)"
             ) from None
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        if self._starting is not None:  # (a start under way: its pool is ended too)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._starting)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -463,7 +463,7 @@ def test_polls_that_find_the_index_damaged_together_repair_it_once(
             await asyncio.sleep(0.05)  # (both wait for the batch)
             slow.set()
             await asyncio.gather(writing, *repairs)
-            poller.workers.close()
+            await poller.workers.close()
             assert poller.damage is None
 
     with Archive(config.archive) as arc:

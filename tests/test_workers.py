@@ -1,0 +1,120 @@
+"""Starting the parse workers: it never stalls the event loop (the forkserver's imports
+take a fifth of a second, during which fetches go on), every poll waiting for it shares
+one start, and a start still under way when the pass ends is ended with it. A poll that
+will surely parse starts the forkserver before its own imports."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator.archive import state_path, surely_downloads
+from aggregator.models import FeedStatus, Validators
+from aggregator.state import State
+from aggregator.workers import Workers
+
+
+class _Pool(Executor):
+    """Runs work in this process; remembers being shut down."""
+
+    def __init__(self) -> None:
+        self.threads = ThreadPoolExecutor(1)
+        self.shut = False
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self.threads.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.shut = True
+        self.threads.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def test_the_event_loop_runs_while_the_workers_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    workers, pool = Workers(2), _Pool()
+    looped = threading.Event()
+    starts: list[bool] = []
+
+    def start() -> Executor:  # (as the forkserver's imports would, it takes a while)
+        starts.append(looped.wait(timeout=10))  # set only if the loop runs meanwhile
+        return pool
+
+    monkeypatch.setattr(workers, "_start", start)
+
+    async def scenario() -> list[int]:
+        async def meanwhile() -> None:
+            await asyncio.sleep(0)
+            looped.set()
+
+        first, second, _ = await asyncio.gather(
+            workers._run(len, "abc", "u1"), workers._run(len, "de", "u2"), meanwhile()
+        )
+        await workers.close()
+        return [first, second]
+
+    assert asyncio.run(scenario()) == [3, 2]
+    assert starts == [True]  # one start for both, and the loop ran during it
+    assert pool.shut
+
+
+def test_a_start_under_way_when_the_pass_ends_is_ended_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    workers, pool = Workers(2), _Pool()
+    began, release = threading.Event(), threading.Event()
+
+    def start() -> Executor:
+        began.set()
+        release.wait(timeout=10)
+        return pool
+
+    monkeypatch.setattr(workers, "_start", start)
+
+    async def scenario() -> None:
+        poll = asyncio.create_task(workers._run(len, "abc", "u"))
+        assert await asyncio.to_thread(began.wait, 10)
+        poll.cancel()  # the pass is stopped while the workers start
+        closing = asyncio.create_task(workers.close())
+        await asyncio.sleep(0)  # (close waits for the start)
+        release.set()
+        await closing
+
+    asyncio.run(scenario())
+    assert pool.shut
+
+
+def _index_with(root: Path, *statuses: FeedStatus) -> None:
+    state = State(state_path(root))
+    try:
+        state.save_statuses(statuses)
+    finally:
+        state.close()
+
+
+def test_a_pass_surely_parses_when_a_feed_has_nothing_to_ask_conditionally(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "archive"
+    a, b = "https://a.example/feed", "https://b.example/feed"
+    assert surely_downloads(root, [a])  # no index yet: the first pass fetches everything
+    polled = datetime(2026, 1, 1, tzinfo=UTC)
+    _index_with(
+        root,
+        FeedStatus(a, validators=Validators(etag='"1"'), last_poll=polled),
+        FeedStatus(b, validators=Validators(), last_poll=polled),  # (its server sends none)
+    )
+    assert not surely_downloads(root, [a])
+    assert surely_downloads(root, [a, b])
+    assert surely_downloads(root, [a, "https://new.example/feed"])  # never polled
+
+
+def test_a_damaged_index_is_left_for_the_pass_to_report(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    state_path(root).parent.mkdir(parents=True)
+    state_path(root).write_bytes(b"not a database" * 100)
+    assert not surely_downloads(root, ["https://a.example/feed"])
