@@ -6,13 +6,14 @@ Nothing here does I/O. Datetimes are timezone-aware UTC.
 from __future__ import annotations
 
 import contextlib
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aggregator.timing import DEFAULT_INTERVAL
 
@@ -82,6 +83,22 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 KEEP_GLOBAL = "global"  # ItemRules.image_proxy: use the config's image_proxy
+
+
+T = TypeVar("T")
+
+
+def pickled_by_fields(cls: type[T]) -> type[T]:
+    """Pickle a frozen dataclass as its constructor's arguments. The generic way (3.11's
+    ``__getstate__``/``__setstate__`` of slotted dataclasses) lists the class's fields
+    for every object: a third of the cost of sending a feed's posts from a worker."""
+    values = operator.attrgetter(*(f.name for f in fields(cls)))  # type: ignore[arg-type]
+
+    def __reduce__(self: Any) -> tuple[type[T], tuple[Any, ...]]:
+        return cls, values(self)
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign]
+    return cls
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +274,7 @@ class NotModified:
     headers: Mapping[str, str] = field(default_factory=dict)  # caching hints
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Media:
     """A file an item carries: an enclosure (RSS ``<enclosure>``, Atom
@@ -271,6 +289,7 @@ class Media:
     height: int | None = None
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Episode:
     """The item-level iTunes fields of a podcast episode (all optional)."""
@@ -322,6 +341,7 @@ class ParsedFeed:
     icon: str | None = None  # its small picture (Atom icon/logo, RSS image, JSON favicon)
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Post:
     """A post ready to be written to ``archive/<path>``: what its file says, and where."""

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 from aggregator.errors import ParseError
-from aggregator.models import Entry, ItemRules, Post
+from aggregator.models import Entry, ItemRules, Post, pickled_by_fields
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -49,6 +49,7 @@ class Job:
     keep_content: bool = False  # the posts keep their HTML (the enricher works on it)
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Prepared:
     name: str  # the source name the posts carry

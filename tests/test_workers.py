@@ -1,11 +1,14 @@
 """Starting the parse workers: it never stalls the event loop (the forkserver's imports
 take a fifth of a second, during which fetches go on), every poll waiting for it shares
 one start, and a start still under way when the pass ends is ended with it. A poll that
-will surely parse starts the forkserver before its own imports."""
+will surely parse starts the forkserver before its own imports. What a worker sends
+arrives whole."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import pickle
 import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -15,9 +18,9 @@ from typing import Any
 import pytest
 
 from aggregator.archive import state_path, surely_downloads
-from aggregator.models import FeedStatus, Validators
+from aggregator.models import Episode, FeedStatus, Media, Post, Validators
 from aggregator.state import State
-from aggregator.workers import Workers
+from aggregator.workers import Prepared, Workers
 
 
 class _Pool(Executor):
@@ -118,3 +121,23 @@ def test_a_damaged_index_is_left_for_the_pass_to_report(tmp_path: Path) -> None:
     state_path(root).parent.mkdir(parents=True)
     state_path(root).write_bytes(b"not a database" * 100)
     assert not surely_downloads(root, ["https://a.example/feed"])
+
+
+def test_what_a_worker_sends_arrives_whole() -> None:
+    """Posts cross from the workers pickled as their fields: every field arrives."""
+    moment = datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC)
+    post = Post(
+        key="https://a.example/1", path="_posts/2026-01-02-one.md", feed_url="u", title="t",
+        link="https://a.example/1", source="https://a.example/1", published=moment,
+        archived=moment, content="<p>c</p>", author="A", tags=("A", "x"), categories=("A",),
+        updated=moment, item_authors=("Ann",), item_categories=("c",),
+        enclosures=(Media("https://a.example/1.mp3", "audio/mpeg", 123, None, 60),),
+        media=(Media("https://a.example/1.jpg", width=1, height=2, medium="image"),),
+        image="https://a.example/i.png", episode=Episode(60, 1, 2, "full", False),
+        digest="d", source_updated=moment, aliases=("k",), placed=moment,
+        text_from="https://a.example/page", unfinished=True, text="---\n",
+    )  # fmt: skip
+    # (every field away from its default, so that one lost on the way would show)
+    assert [f.name for f in dataclasses.fields(Post) if getattr(post, f.name) == f.default] == []
+    prepared = Prepared("A", "warning", 30, 1, (post,), 2, "https://a.example/i.ico")
+    assert pickle.loads(pickle.dumps(prepared)) == prepared
