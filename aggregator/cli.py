@@ -10,6 +10,7 @@ start, a third of a warm ``poll``; the commands and options here are few and pla
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -855,4 +856,29 @@ def main(argv: list[str] | None = None) -> None:
         code = args.handler(args)
     except _Exit as e:
         code = e.code
+    if argv is None:  # (the program itself, not a caller)
+        _exit_at_once(code)
     sys.exit(code)
+
+
+def _exit_at_once(code: int) -> None:
+    """End the program without tearing the interpreter down, which frees every object of
+    every module one by one: about 0.05 s, a tenth of a warm ``poll``. Output is flushed
+    and exit handlers (logging's, multiprocessing's clean-up) run first; only when no
+    other thread is left to finish its work."""
+    import atexit  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if threading.active_count() > 1:
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # (a closed pipe: the ordinary exit reports it)
+        return
+    atexit._run_exitfuncs()  # (what the ordinary exit runs)
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)

@@ -1,7 +1,8 @@
 """No process outlives the aggregator: after `kill -9` of `poll` or `run`, every process
 it started (the forkserver, the parse workers, the resource tracker) is gone; Ctrl-C and
 SIGTERM, sent to the whole process group as a terminal or a service manager does, stop
-everything with exit status 0 and no traceback."""
+everything with exit status 0 and no traceback. A pass that ends by itself leaves
+nothing behind, and its output arrives whole."""
 
 from __future__ import annotations
 
@@ -169,3 +170,28 @@ def test_a_killed_worker_costs_its_feeds_only_and_the_pass_still_ends(
     out = log.with_suffix(".out").read_text()
     assert "the parser process died" in out and "40 feeds:" in out
     assert "Traceback" not in log.read_text()
+
+
+def test_a_pass_that_ends_leaves_nothing_and_its_output_arrives_whole(
+    tmp_path: Path, farm: Farm
+) -> None:
+    """The program ends without tearing its interpreter down (a tenth of a warm poll):
+    its output through a pipe must still be flushed, its exit status kept, and the exit
+    handlers run (multiprocessing's removes the forkserver's folder)."""
+    farm.routes["/a"] = Answer(
+        200, rss([{"title": f"story {i}", "link": f"https://a.example/{i}"} for i in range(30)])
+    )
+    farm.routes["/bad"] = Answer(500)
+    cfg = tmp_path / "feeds.yaml"
+    cfg.write_text(f"workers: 1\nfeeds:\n  - url: {farm.url('/a')}\n  - url: {farm.url('/bad')}\n")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # (buffered)
+    done = subprocess.run(
+        [sys.executable, "-m", "aggregator", "poll", "-c", str(cfg)],
+        capture_output=True, text=True, timeout=60, env={**env, "TMPDIR": str(temporary)},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr  # (one feed failed)
+    assert done.stdout.splitlines()[-1].startswith("2 feeds: 30 new items, 1 failed"), done.stdout
+    assert "HTTP 500" in done.stdout
+    assert list(temporary.iterdir()) == []
