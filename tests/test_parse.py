@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 
@@ -376,3 +377,27 @@ def test_plain_links_join_as_feedparser_joins_them(base: str, scheme: str, rest:
     except ValueError:
         expected = ""
     assert join(base, uri) == expected
+
+
+def _mojibake(text: str) -> str:
+    """UTF-8 read as Latin-1: what feedparser's clean-up reads back."""
+    return text.encode("utf-8").decode("iso-8859-1")
+
+
+@settings(max_examples=500)
+@given(
+    st.one_of(
+        st.text(alphabet=st.characters(min_codepoint=1, max_codepoint=0x2FF)),
+        st.text(alphabet="aé€国\x85\x9d\xa0\xc3\xe2").map(_mojibake),
+    )
+)
+def test_the_text_clean_up_is_feedparsers(value: str) -> None:
+    """fp_text leaves alone, without trying, the texts that neither step can change."""
+    from aggregator.parsers.mimic import _CP1252, fp_text
+
+    expected = value
+    if not value.isascii():
+        with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+            expected = value.encode("iso-8859-1").decode("utf-8")
+        expected = expected.translate(_CP1252)
+    assert fp_text(value) == expected

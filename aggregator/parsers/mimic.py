@@ -26,9 +26,14 @@ _CP1252 = {
 }
 
 
+# What either step can change: a C1 control, or what UTF-8 encodes a character's first
+# byte as (without one, the text's bytes cannot be UTF-8 read twice).
+_CLEANED = re.compile("[\x80-\x9f\xc2-\xf4]")
+
+
 def fp_text(value: str) -> str:
     """feedparser's clean-up of every text value of a UTF-8 document."""
-    if value.isascii():  # the usual case, which neither step changes
+    if value.isascii() or not _CLEANED.search(value):  # (which neither step changes)
         return value
     with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
         value = value.encode("iso-8859-1").decode("utf-8")
