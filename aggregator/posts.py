@@ -26,6 +26,7 @@ of an item with none of them is byte for byte the reference format.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable
@@ -151,6 +152,7 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _FLOW_INDICATORS = frozenset(",[]{}:?#")  # end a plain scalar inside [ ... ]
 
 
+@functools.lru_cache(maxsize=1024)  # (a feed's name and tags, in each of its posts)
 def yaml_scalar(value: str, *, flow: bool = False) -> str:
     """``value`` plain when YAML reads it back as the same string, else double-quoted."""
     plain = (
