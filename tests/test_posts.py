@@ -251,3 +251,71 @@ def test_a_post_reads_back_to_the_same_text(name: str) -> None:
         texts.append(post.text)
     for text in texts:
         assert render_post(read_post(text, "p.md")) == text
+
+
+_ANY = st.one_of(st.text(), st.sampled_from(TRICKY))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    title=_ANY, name=_ANY, source=_ANY, tags=st.lists(_ANY, max_size=3),
+    people=st.lists(_ANY, max_size=2), moment=st.datetimes(timezones=st.just(UTC)),
+    number=st.none() | st.integers(-5, 10**9), kind=st.none() | _ANY.filter(bool),
+    explicit=st.none() | st.booleans(),
+)  # fmt: skip
+def test_front_matter_this_module_writes_is_read_as_yaml_reads_it(
+    title: str, name: str, source: str, tags: list[str], people: list[str], moment: datetime,
+    number: int | None, kind: str | None, explicit: bool | None,
+) -> None:  # fmt: skip
+    """Without YAML's parser (publish reads every post of the merged feed): the same. (An
+    empty episode type is written as an empty value, which is left to YAML.)"""
+    from aggregator.models import Episode
+    from aggregator.posts import read_own_front_matter
+
+    text = rendered(
+        title=title, author=name, source=source, tags=tuple(tags), categories=(name,),
+        item_authors=tuple(people), item_categories=tuple(tags), updated=moment,
+        placed=moment, text_from=source, image=source,
+        episode=Episode(duration=number, number=number, season=number, kind=kind,
+                        explicit=explicit),
+    )  # fmt: skip
+    fm = text.split("---\n")[1]
+    own = read_own_front_matter(fm)
+    assert own is not None  # (so the test reads it: every such post is read so)
+    assert own == yaml.safe_load(fm)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.data())
+def test_an_edited_front_matter_is_read_as_yaml_reads_it(data: st.DataObject) -> None:
+    """A hand edit is read as before: the same as YAML, or left to YAML."""
+    from aggregator.posts import read_own_front_matter
+
+    fm = rendered(
+        title=data.draw(_ANY),
+        author=data.draw(_ANY),
+        tags=tuple(data.draw(st.lists(_ANY, max_size=2))),
+    ).split("---\n")[1]
+    # One character added or taken away, mostly in a value (where the forms are), or
+    # another key.
+    lines = fm.split("\n")
+    row = data.draw(st.integers(0, len(lines) - 1))
+    start = lines[row].find(": ") + 1
+    at = data.draw(st.integers(start, len(lines[row])))
+    char = data.draw(
+        st.sampled_from([*" \"\\:#[],{}'\t-.0tx&*!|>%@`?~", "\n", "\\x41", "\\u00e9", "\\q"])
+    )
+    line = lines[row]
+    key = data.draw(st.sampled_from(["on", "no", "null", "true", "x", "_", "~", "a b"]))
+    lines[row] = data.draw(
+        st.sampled_from(
+            [line[:at] + char + line[at:], line[:at] + line[at + 1 :], key + line[start - 1 :]]
+        )
+    )
+    edited = "\n".join(lines)
+    try:
+        expected = yaml.safe_load(edited)
+    except (yaml.YAMLError, ValueError):  # (a date out of range, say)
+        expected = None
+    own = read_own_front_matter(edited)
+    assert own is None or own == expected
