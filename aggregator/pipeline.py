@@ -278,8 +278,10 @@ class Poller:
         try:
             await self.batches.settle()
         finally:
-            await self.workers.close()
-            self.flush()
+            try:
+                await self.workers.close()
+            finally:
+                self.flush()
 
     async def poll_feed(self, source: FeedSource) -> FeedResult:
         """Fetch, parse, process and archive one feed, and record its new status.

@@ -12,7 +12,6 @@ page for feeds with ``full_text`` (:func:`extract`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor
@@ -223,9 +222,21 @@ class Workers:
             ) from None
 
     async def close(self) -> None:
-        if self._starting is not None:  # (a start under way: its pool is ended too)
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._starting)
+        """End the workers, those of a start under way included."""
+        starting, self._starting = self._starting, None  # (its pool is not installed now)
+        if starting is not None:
+            try:
+                self._pool = await asyncio.shield(starting)
+            except asyncio.CancelledError:  # (ended when it comes)
+                starting.add_done_callback(_shut_down_started)
+                raise
+            except Exception:  # noqa: S110 -- a start that failed left no pool
+                pass
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _shut_down_started(start: asyncio.Future[Executor]) -> None:
+    if not start.cancelled() and start.exception() is None:
+        start.result().shutdown(wait=False, cancel_futures=True)

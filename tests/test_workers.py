@@ -91,6 +91,24 @@ def test_a_start_under_way_when_the_pass_ends_is_ended_too(
     assert pool.shut
 
 
+def test_a_start_that_has_just_ended_when_the_pass_ends_is_ended_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The start is over but has not installed its pool yet when the pass ends."""
+    workers, pool = Workers(2), _Pool()
+    monkeypatch.setattr(workers, "_start", lambda: pool)
+
+    async def scenario() -> None:
+        poll = asyncio.create_task(workers._run(len, "abc", "u"))
+        while workers._starting is None or not workers._starting.done():
+            await asyncio.sleep(0)
+        poll.cancel()
+        await workers.close()
+
+    asyncio.run(scenario())
+    assert pool.shut
+
+
 def _index_with(root: Path, *statuses: FeedStatus) -> None:
     state = State(state_path(root))
     try:
