@@ -91,7 +91,9 @@ def pickled_by_fields(cls: type[T]) -> type[T]:
     """Pickle a frozen dataclass as its constructor's arguments. The generic way (3.11's
     ``__getstate__``/``__setstate__`` of slotted dataclasses) lists the class's fields
     for every object: a third of the cost of sending a feed's posts from a worker."""
-    values = operator.attrgetter(*(f.name for f in fields(cls)))  # type: ignore[arg-type]
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    get = operator.attrgetter(*names)
+    values = get if len(names) > 1 else lambda self: (get(self),)  # (a tuple, of one)
 
     def __reduce__(self: Any) -> tuple[type[T], tuple[Any, ...]]:
         return cls, values(self)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from aggregator.archive import state_path, surely_downloads
-from aggregator.models import Episode, FeedStatus, Media, Post, Validators
+from aggregator.models import Episode, FeedStatus, Media, Post, Validators, pickled_by_fields
 from aggregator.state import State
 from aggregator.workers import Prepared, Workers
 
@@ -159,3 +159,14 @@ def test_what_a_worker_sends_arrives_whole() -> None:
     assert [f.name for f in dataclasses.fields(Post) if getattr(post, f.name) == f.default] == []
     prepared = Prepared("A", "warning", 30, 1, (post,), 2, "https://a.example/i.ico")
     assert pickle.loads(pickle.dumps(prepared)) == prepared
+
+
+def test_a_class_of_one_field_crosses_whole_too() -> None:
+    @pickled_by_fields
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class One:
+        value: str
+
+    globals()["One"] = One  # (pickle finds a class by its module and name)
+    One.__qualname__ = "One"
+    assert pickle.loads(pickle.dumps(One("x"))) == One("x")
