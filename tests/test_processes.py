@@ -195,3 +195,20 @@ def test_a_pass_that_ends_leaves_nothing_and_its_output_arrives_whole(
     assert done.stdout.splitlines()[-1].startswith("2 feeds: 30 new items, 1 failed"), done.stdout
     assert "HTTP 500" in done.stdout
     assert list(temporary.iterdir()) == []
+
+
+def test_the_quick_exit_keeps_a_closed_output_and_a_profilers_report(tmp_path: Path) -> None:
+    """Started without a standard output (a supervisor's choice), a command ends with its
+    own status; run under a profiler, the profiler still writes its report."""
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m aggregator help >&-', sys.executable],
+        stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (closed.returncode, closed.stderr) == (0, "")
+    report = tmp_path / "poll.prof"
+    profiled = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(report), "-m", "aggregator", "help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert profiled.returncode == 0, profiled.stderr
+    assert report.stat().st_size > 0
