@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 from anyascii import anyascii
 
+from aggregator.errors import one_line
 from aggregator.models import (
     FORMATTED_TIME,
     Entry,
@@ -386,7 +387,10 @@ def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
 
     found = frontmatter.detect_format(text.strip(), frontmatter.handlers)
     handler = _own_yaml() if isinstance(found, YAMLHandler) else None
-    post = frontmatter.loads(text, handler=handler)
+    try:
+        post = frontmatter.loads(text, handler=handler)
+    except yaml.YAMLError as e:  # (a hand edit broke it)
+        raise ValueError(f"front matter is not valid YAML: {one_line(str(e))}") from None
     if not post.metadata:
         raise ValueError("no front matter")
     return dict(post.metadata), str(post.content)
@@ -412,6 +416,7 @@ _ESCAPED = re.compile(r"\\(x[0-9A-F]{2}|u[0-9A-F]{4}|.)")
 _UNNAMED = {escape[1]: char for char, escape in _YAML_NAMED.items()}
 _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _FLOW_ITEM = re.compile(r'"(?:[^"\\]|\\.)*"|[^,]*')  # (a plain one has no comma)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def read_own_front_matter(fm: str) -> dict[str, Any] | None:
@@ -477,6 +482,8 @@ def _own_quoted(text: str) -> str | None:
     try:
         value = _ESCAPED.sub(_unescaped, text[1:-1])
     except ValueError:
+        return None
+    if _SURROGATE.search(value):  # (libyaml refuses to read them: left to it)
         return None
     return value if yaml_quoted(value) == text else None
 

@@ -11,6 +11,7 @@ import pytest
 
 from aggregator import archive as archive_module
 from aggregator.archive import Archive
+from aggregator.errors import ArchiveError
 from aggregator.models import Entry, FeedStatus, Outcome, Post
 from aggregator.process import make_post
 from aggregator.state import State
@@ -232,11 +233,16 @@ def test_reindex_reports_unreadable_and_duplicate_posts(tmp_path: Path) -> None:
         copy = tmp_path / post.path.replace(".md", "-copy.md")
         copy.write_text(post.text)
         (tmp_path / "_posts" / "2024" / "broken.md").write_text("no front matter here")
+        edited = tmp_path / "_posts" / "2024" / "edited.md"  # (its YAML broken by hand)
+        edited.write_text("---\ntitle: [unclosed\ndate: 2024-01-01T00:00:00.000Z\n---\nx\n")
         count, problems = arc.reindex({})
+        with pytest.raises(ArchiveError, match=r"edited\.md: unreadable post: front matter is not"):
+            arc.read_post("_posts/2024/edited.md")  # (publish skips it, saying so)
     assert count == 1
     assert any(
         "broken.md: unreadable post" in p or "broken.md: front matter" in p for p in problems
     ), problems
+    assert any("edited.md: unreadable post: front matter is not valid YAML" in p for p in problems)
     assert any("duplicate of" in p for p in problems), problems
 
 
