@@ -386,7 +386,7 @@ def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     from frontmatter.default_handlers import YAMLHandler  # noqa: PLC0415
 
     found = frontmatter.detect_format(text.strip(), frontmatter.handlers)
-    handler = _own_yaml() if isinstance(found, YAMLHandler) else None
+    handler = _own_yaml() if isinstance(found, YAMLHandler) else found  # (not found again)
     try:
         post = frontmatter.loads(text, handler=handler)
     except yaml.YAMLError as e:  # (a hand edit broke it)
