@@ -46,7 +46,11 @@ def poll(config: Config, archive: Archive, clock: FakeClock, url: str) -> FeedRe
 
     async def go() -> FeedResult:
         async with make_client(fetch_settings(config)) as client:
-            return await Poller(config, archive, client, clock).poll_feed(source)
+            poller = Poller(config, archive, client, clock)
+            try:
+                return await poller.poll_feed(source)
+            finally:
+                await poller.shutdown()  # (its parse workers end here, not with the suite)
 
     return asyncio.run(go())
 
