@@ -51,19 +51,22 @@ def state_path(root: Path) -> Path:
 
 def surely_downloads(root: Path, urls: Iterable[str]) -> bool:
     """Whether polling these feeds surely downloads one whole: one was never fetched, or
-    the index holds nothing to ask it conditionally with."""
+    the index holds nothing to ask it conditionally with (and it is not gone)."""
+    wanted = set(urls)
+    if not wanted:
+        return False
     path = state_path(root)
     if not path.exists():
         return True
     try:
         state = State(path, readonly=True)
         try:
-            conditional = state.conditional_feeds()
+            quiet = state.quiet_feeds()
         finally:
             state.close()
     except ArchiveError:  # (the pass says what is wrong with the index)
         return False
-    return not conditional.issuperset(urls)
+    return not quiet.issuperset(wanted)
 
 
 def has_posts(root: Path) -> bool:

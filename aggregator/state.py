@@ -429,9 +429,14 @@ class State:
         rows = self._read(f"SELECT {self._columns} FROM feeds")  # noqa: S608 -- fixed names
         return {r[0]: _status(r) for r in rows}
 
-    def conditional_feeds(self) -> set[str]:
-        """The URLs of the feeds that have validators to be asked conditionally with."""
-        rows = self._read("SELECT url FROM feeds WHERE etag <> '' OR last_modified <> ''")
+    def quiet_feeds(self) -> set[str]:
+        """The URLs of the feeds whose next poll may well download nothing: those with
+        validators to be asked conditionally with, and those gone (410), which are not
+        asked at all unless feeds.yaml has changed their entry."""
+        rows = self._read(
+            "SELECT url FROM feeds"
+            " WHERE etag <> '' OR last_modified <> '' OR gone_settings IS NOT NULL"
+        )
         return {r[0] for r in rows}
 
     def status(self, url: str) -> FeedStatus | None:

@@ -134,6 +134,23 @@ def test_a_pass_surely_parses_when_a_feed_has_nothing_to_ask_conditionally(
     assert surely_downloads(root, [a, "https://new.example/feed"])  # never polled
 
 
+def test_gone_feeds_and_no_feeds_are_no_reason_to_start_the_parsers(tmp_path: Path) -> None:
+    """A feed that answered 410 Gone is not asked again (until feeds.yaml changes it):
+    it needs no parser, though the index has no validators for it. Neither does a pass
+    over no feed at all, even on a new archive."""
+    root = tmp_path / "archive"
+    assert not surely_downloads(root, [])
+    a, gone = "https://a.example/feed", "https://gone.example/feed"
+    polled = datetime(2026, 1, 1, tzinfo=UTC)
+    _index_with(
+        root,
+        FeedStatus(a, validators=Validators(last_modified="x"), last_poll=polled),
+        FeedStatus(gone, last_poll=polled, http_status=410, gone_settings="{}"),
+    )
+    assert not surely_downloads(root, [a, gone])
+    assert not surely_downloads(root, [])
+
+
 def test_a_damaged_index_is_left_for_the_pass_to_report(tmp_path: Path) -> None:
     root = tmp_path / "archive"
     state_path(root).parent.mkdir(parents=True)
