@@ -9,8 +9,8 @@ forkserver's "alive" pipe open, so neither ever sees that its parent is gone. So
 - every process the forkserver forks dies with the forkserver;
 - the forkserver and its workers leave the main process's process group, so that a
   terminal's Ctrl-C (or a signal to the group) reaches the main process only: it decides
-  when they stop, by shutting the pool down, and no worker prints a traceback. They keep
-  SIGTERM's default action, which the pool uses to stop its workers when one of them died.
+  when they stop, by closing their sockets, and no worker prints a traceback. They keep
+  SIGTERM's default action, which stops a worker still busy a second after that.
 
 Linux's ``PR_SET_PDEATHSIG`` delivers the death; elsewhere a thread watches the parent.
 """

@@ -157,8 +157,8 @@ def test_ctrl_c_and_sigterm_stop_everything_quietly(
 def test_a_killed_worker_costs_its_feeds_only_and_the_pass_still_ends(
     tmp_path: Path, farm: Farm, started: list[subprocess.Popen[bytes]]
 ) -> None:
-    """The pool stops the other workers (SIGTERM) when one dies: they must not ignore it,
-    or the pool's clean-up, and the exit with it, would wait for ever."""
+    """A worker killed mid-pass fails the feeds it held; the others go on, another takes
+    its place, and the pass ends with every process it started."""
     cfg = config(tmp_path, farm, slow_feeds(farm, 40), free_port())
     log = tmp_path / "log"
     proc = start("poll", cfg, log)

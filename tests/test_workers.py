@@ -1,51 +1,99 @@
-"""Starting the parse workers: it never stalls the event loop (the forkserver's imports
+"""The parse workers. Starting them never stalls the event loop (the forkserver's imports
 take a fifth of a second, during which fetches go on), every poll waiting for it shares
-one start, and a start still under way when the pass ends is ended with it. A poll that
-will surely parse starts the forkserver before its own imports. What a worker sends
-arrives whole."""
+one start, and a start still under way when the pass ends is ended with it. Jobs and
+answers of any size cross the workers' sockets whole, in order; a worker that dies fails
+its own jobs only and is replaced. A poll that will surely parse starts the forkserver
+before its own imports. What a worker sends arrives whole.
+
+The workers here are threads of the test running the workers' own loop (``serve``) on the
+far end of a socket pair: the sockets, the framing and the event loop's side are those of
+a pass; the processes themselves are tested in test_processes.py."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import pickle
+import socket
 import threading
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aggregator.archive import state_path, surely_downloads
+from aggregator.errors import ParseError
 from aggregator.models import Episode, FeedStatus, Media, Post, Validators, pickled_by_fields
 from aggregator.state import State
-from aggregator.workers import Prepared, Workers
+from aggregator.workers import Launched, Prepared, Workers, serve
 
 
-class _Pool(Executor):
-    """Runs work in this process; remembers being shut down."""
+class _Worker:
+    """Stands for a worker process: ``serve`` in a thread, on the far end of a socket."""
 
-    def __init__(self) -> None:
-        self.threads = ThreadPoolExecutor(1)
-        self.shut = False
+    def __init__(self, far: socket.socket) -> None:
+        self.far = far  # (kept to be shut down from outside, as a killed worker's is)
+        connection = Connection(os.dup(far.fileno()))
+        self.thread = threading.Thread(target=self._serve, args=(connection,), daemon=True)
+        self.thread.start()
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return self.threads.submit(fn, *args, **kwargs)
+    def _serve(self, connection: Connection) -> None:
+        try:
+            serve(connection)
+        except SystemExit:  # (_die: the worker "dies")
+            pass
+        finally:  # (as a process's end closes its socket)
+            connection.close()
+            self.far.close()
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self.shut = True
-        self.threads.shutdown(wait=wait, cancel_futures=cancel_futures)
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def terminate(self) -> None:
+        raise AssertionError("a worker went on after its socket was closed")
+
+
+def _crew(count: int) -> list[Launched]:
+    launched = []
+    for _ in range(count):
+        here, there = socket.socketpair()
+        launched.append(Launched(_Worker(there), here))  # type: ignore[arg-type]
+    return launched
+
+
+def _ended(crew: list[Launched]) -> bool:
+    return all(not one.process.is_alive() and one.socket.fileno() == -1 for one in crew)
+
+
+def _die(text: str) -> int:
+    """A job that ends its worker (as the out-of-memory killer would) unless asked not to."""
+    if text == "die":
+        raise SystemExit
+    return len(text)
+
+
+def _fail(url: str) -> int:
+    raise ParseError(url, "not a feed")
+
+
+def _double(data: bytes) -> bytes:
+    return data + data
 
 
 def test_the_event_loop_runs_while_the_workers_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    workers, pool = Workers(2), _Pool()
+    workers, crew = Workers(2), _crew(2)
     looped = threading.Event()
-    starts: list[bool] = []
+    starts: list[tuple[int, bool]] = []
 
-    def start() -> Executor:  # (as the forkserver's imports would, it takes a while)
-        starts.append(looped.wait(timeout=10))  # set only if the loop runs meanwhile
-        return pool
+    def start(count: int) -> list[Launched]:  # (as the forkserver's imports would, it waits)
+        starts.append((count, looped.wait(timeout=10)))  # set only if the loop runs meanwhile
+        return crew
 
     monkeypatch.setattr(workers, "_start", start)
 
@@ -60,21 +108,21 @@ def test_the_event_loop_runs_while_the_workers_start(monkeypatch: pytest.MonkeyP
         await workers.close()
         return [first, second]
 
-    assert asyncio.run(scenario()) == [3, 2]
-    assert starts == [True]  # one start for both, and the loop ran during it
-    assert pool.shut
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) == [3, 2]
+    assert starts == [(2, True)]  # one start for both, and the loop ran during it
+    assert _ended(crew)
 
 
 def test_a_start_under_way_when_the_pass_ends_is_ended_too(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    workers, pool = Workers(2), _Pool()
+    workers, crew = Workers(2), _crew(2)
     began, release = threading.Event(), threading.Event()
 
-    def start() -> Executor:
+    def start(count: int) -> list[Launched]:
         began.set()
         release.wait(timeout=10)
-        return pool
+        return crew
 
     monkeypatch.setattr(workers, "_start", start)
 
@@ -87,16 +135,16 @@ def test_a_start_under_way_when_the_pass_ends_is_ended_too(
         release.set()
         await closing
 
-    asyncio.run(scenario())
-    assert pool.shut
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert _ended(crew)
 
 
 def test_a_start_that_has_just_ended_when_the_pass_ends_is_ended_too(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The start is over but has not installed its pool yet when the pass ends."""
-    workers, pool = Workers(2), _Pool()
-    monkeypatch.setattr(workers, "_start", lambda: pool)
+    """The start is over but has not hired its workers yet when the pass ends."""
+    workers, crew = Workers(2), _crew(2)
+    monkeypatch.setattr(workers, "_start", lambda count: crew)
 
     async def scenario() -> None:
         poll = asyncio.create_task(workers._run(len, "abc", "u"))
@@ -105,8 +153,99 @@ def test_a_start_that_has_just_ended_when_the_pass_ends_is_ended_too(
         poll.cancel()
         await workers.close()
 
-    asyncio.run(scenario())
-    assert pool.shut
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert _ended(crew)
+
+
+def test_a_worker_that_dies_fails_its_own_jobs_and_another_takes_its_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    workers = Workers(2)
+    crews: list[list[Launched]] = []
+
+    def start(count: int) -> list[Launched]:
+        crews.append(_crew(count))
+        return crews[-1]
+
+    monkeypatch.setattr(workers, "_start", start)
+
+    async def scenario() -> list[object]:
+        outcomes = await asyncio.gather(
+            workers._run(_die, "die", "https://a.example/feed"),
+            workers._run(_die, "abcd", "https://b.example/feed"),  # (the other worker's)
+            return_exceptions=True,
+        )
+        after = [await workers._run(_die, "x" * n, "u") for n in (1, 2, 3)]
+        while workers._starting is not None:  # (the new one starts meanwhile)
+            await asyncio.sleep(0.01)
+        assert len(workers._crew) == 2  # the one left, and the new one
+        after += await asyncio.gather(*(workers._run(_die, "y" * n, "u") for n in (4, 5)))
+        await workers.close()
+        return [*outcomes, *after]
+
+    died, other, *after = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert isinstance(died, ParseError) and died.url == "https://a.example/feed"
+    assert "the parser process died" in died.reason
+    assert other == 4 and after == [1, 2, 3, 4, 5]
+    assert [len(c) for c in crews] == [2, 1]  # the dead one replaced, once
+    assert all(_ended(c) for c in crews)
+
+
+def test_a_worker_found_dead_while_its_job_is_sent_fails_that_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It died, and the event loop has not read its end yet: the job sent to it fails at
+    once rather than wait for an answer that cannot come."""
+    workers, crew = Workers(1), _crew(1)
+    monkeypatch.setattr(workers, "_start", lambda count: crew)
+
+    async def scenario() -> object:
+        assert await workers._run(len, "ab", "u") == 2
+        crew[0].process.far.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+        try:  # (no await between: the loop cannot have seen the end)
+            return await workers._run(len, "abc", "https://d.example/feed")
+        except ParseError as e:
+            return e
+        finally:
+            await workers.close()
+
+    outcome = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert isinstance(outcome, ParseError) and "the parser process died" in outcome.reason
+    assert _ended(crew)
+
+
+def test_jobs_and_answers_of_any_size_cross_whole_and_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bigger than a socket's buffer, several at once to one worker, a failure among them,
+    and one whose poll was cancelled: each answer reaches its own job."""
+    workers, crew = Workers(1), _crew(1)
+    monkeypatch.setattr(workers, "_start", lambda count: crew)
+    big = bytes(range(256)) * 40_000  # 10 MB
+
+    errors: list[dict[str, Any]] = []  # (what the event loop's callbacks raised)
+
+    async def scenario() -> list[Any]:
+        asyncio.get_running_loop().set_exception_handler(lambda _, error: errors.append(error))
+        cancelled = asyncio.create_task(workers._run(_double, b"gone", "u0"))
+        while not workers._crew or not workers._crew[0].waiting:  # (until it is sent)
+            await asyncio.sleep(0)
+        cancelled.cancel()
+        outcomes = await asyncio.gather(
+            workers._run(_double, big, "u1"),
+            workers._run(_fail, "https://c.example/feed", "u2"),
+            workers._run(len, big, "u3"),
+            workers._run(_double, b"small", "u4"),
+            return_exceptions=True,
+        )
+        await workers.close()
+        return outcomes
+
+    doubled, failed, length, small = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert doubled == big + big and length == len(big) and small == b"smallsmall"
+    assert isinstance(failed, ParseError) and failed.reason == "not a feed"
+    assert errors == []
+    assert _ended(crew)
 
 
 def _index_with(root: Path, *statuses: FeedStatus) -> None:
