@@ -18,6 +18,8 @@ import logging
 import os
 import socket
 import struct
+import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -197,16 +199,23 @@ class Workers:
         the event loop; the others are forked from the forkserver then ready, in a few
         milliseconds each."""
         context = _context()
-        launched = []
+        launched: list[Launched] = []
         try:
             for _ in range(count):
                 here, there = context.Pipe(duplex=True)
-                process = context.Process(target=serve, args=(there,), daemon=True)
-                process.start()
-                there.close()
-                mine = socket.socket(fileno=os.dup(here.fileno()))
-                here.close()
-                launched.append(Launched(process, mine))
+                try:
+                    process = context.Process(target=serve, args=(there,), daemon=True)
+                    process.start()
+                    try:
+                        end = socket.socket(fileno=os.dup(here.fileno()))
+                    except BaseException:
+                        process.terminate()
+                        process.join()
+                        raise
+                finally:
+                    here.close()
+                    there.close()
+                launched.append(Launched(process, end))
         except BaseException:
             _end(launched)
             raise
@@ -242,27 +251,32 @@ class Workers:
         worker = min(self._crew, key=_load)
         try:
             return cast(R, await worker.run(work, job))
-        except _Died:
-            raise ParseError(
-                url, "the parser process died on this document (out of memory?)"
-            ) from None
+        except _Died as e:
+            why = (
+                "the parser process died on this document (out of memory?)"
+                if e.on_this
+                else "the parser process died on another document while this one waited"
+            )
+            raise ParseError(url, why) from None
 
     async def close(self) -> None:
         """End the workers, those of a start under way included."""
         starting, self._starting = self._starting, None  # (its workers are not hired now)
-        launched: list[Launched] = []
+        crew, self._crew = self._crew, []
+        for worker in crew:
+            worker.dismiss()
+        ending = [w.launched for w in crew]
         if starting is not None:
             try:
-                launched = await asyncio.shield(starting)
-            except asyncio.CancelledError:  # (ended when they come)
+                ending += await asyncio.shield(starting)
+            except asyncio.CancelledError:  # (those started are ended when they come)
                 starting.add_done_callback(_end_started)
+                _end_aside(ending)
                 raise
             except Exception:  # noqa: S110 -- a start that failed left no worker
                 pass
-        crew, self._crew = self._crew, []
-        for worker in crew:
-            worker.hang_up()
-        await asyncio.to_thread(_end, [w.launched for w in crew] + launched)
+        if ending:
+            await asyncio.to_thread(_end, ending)
 
 
 class Launched:
@@ -277,7 +291,12 @@ class Launched:
 
 
 class _Died(Exception):
-    """The worker ended (killed, out of memory) before it answered."""
+    """The worker ended (killed, out of memory) before it answered: while on this job
+    (the first it held), or before it began it."""
+
+    def __init__(self, on_this: bool) -> None:
+        super().__init__()
+        self.on_this = on_this
 
 
 def _load(worker: _Worker) -> int:
@@ -305,7 +324,7 @@ class _Worker:
         import pickle  # noqa: PLC0415 -- (2 ms, and a warm pass starts no worker)
 
         if not self.alive:
-            raise _Died
+            raise _Died(on_this=False)
         message = pickle.dumps((work, job), pickle.HIGHEST_PROTOCOL)
         answer: asyncio.Future[object] = self._loop.create_future()
         self.waiting.append(answer)  # (first: a worker found dead while writing fails it)
@@ -350,21 +369,31 @@ class _Worker:
             if answer.done():  # (its poll was cancelled meanwhile)
                 continue
             try:
-                ok, value = pickle.loads(message)  # noqa: S301 -- our own worker's answer
-            except Exception as e:  # (a bug: its poll reports it)
-                ok, value = False, e
-            if ok:
-                answer.set_result(value)
-            else:
-                answer.set_exception(value)
+                ok, value, trace = pickle.loads(message)  # noqa: S301 -- our own worker's
+                if ok:
+                    answer.set_result(value)
+                else:
+                    value.__cause__ = WorkerTraceback(trace)  # (where, in the worker)
+                    answer.set_exception(value)
+            except Exception as e:  # (unreadable, or StopIteration: its poll reports it)
+                if not answer.done():
+                    answer.set_exception(RuntimeError(f"a worker's answer: {e!r}"))
 
     def _lost(self) -> None:
-        """The worker ended: every job it held fails."""
+        """The worker ended: every job it held fails, the first as the one it was on."""
         self.hang_up()
+        on_this = True
         while self.waiting:
             answer = self.waiting.popleft()
             if not answer.done():
-                answer.set_exception(_Died())
+                answer.set_exception(_Died(on_this))
+            on_this = False
+
+    def dismiss(self) -> None:
+        """Hang up; a job it still holds is cancelled (nobody waits for it any more)."""
+        self.hang_up()
+        while self.waiting:
+            self.waiting.popleft().cancel()
 
     def hang_up(self) -> None:
         """Stop reading and writing; the worker sees the socket closed and ends."""
@@ -416,30 +445,51 @@ def serve(connection: Connection) -> None:
         except (EOFError, OSError):
             return
         try:
-            answer: tuple[bool, object] = (True, work(job))
+            answer: tuple[bool, object, str] = (True, work(job), "")
         except Exception as e:  # (the job's failure, a ParseError most often: sent back)
-            answer = (False, e)
+            answer = (False, e, "".join(traceback.format_exception(e)))
         try:
             connection.send(answer)
         except (EOFError, OSError):  # the main process is gone or done: so are we
             return
         except Exception as e:  # (it could not be pickled): say so instead
+            failure = RuntimeError(f"a worker could not send its answer: {e}")
             with contextlib.suppress(EOFError, OSError):
-                connection.send((False, RuntimeError(f"a worker could not send its answer: {e}")))
+                connection.send((False, failure, ""))
 
 
 def _end(launched: list[Launched]) -> None:
-    """Close these workers' sockets and wait for them to end; a worker still busy with a
-    job after a second is stopped (SIGTERM)."""
+    """Close these workers' sockets and wait for them to end; those still busy with a
+    job a second later are stopped (SIGTERM)."""
     for one in launched:
         one.socket.close()
+    deadline = time.monotonic() + 1.0
     for one in launched:
-        one.process.join(timeout=1.0)
+        one.process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for one in launched:
         if one.process.is_alive():
             one.process.terminate()
             one.process.join()
 
 
+def _end_aside(launched: list[Launched]) -> None:
+    """:func:`_end`, in a thread of the event loop's (it may wait a second)."""
+    if launched:
+        asyncio.get_running_loop().run_in_executor(None, _end, launched)
+
+
 def _end_started(start: asyncio.Future[list[Launched]]) -> None:
     if not start.cancelled() and start.exception() is None:
-        _end(start.result())
+        _end_aside(start.result())
+
+
+class WorkerTraceback(Exception):
+    """Where in the worker an error was raised: the cause of the error it sent back, so
+    that a logged bug shows the worker's frames too."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "in the worker:\n" + self.text

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import pickle
 import socket
+import struct
 import threading
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -28,7 +29,7 @@ from aggregator.archive import state_path, surely_downloads
 from aggregator.errors import ParseError
 from aggregator.models import Episode, FeedStatus, Media, Post, Validators, pickled_by_fields
 from aggregator.state import State
-from aggregator.workers import Launched, Prepared, Workers, serve
+from aggregator.workers import Launched, Prepared, Workers, _header, _take_message, serve
 
 
 class _Worker:
@@ -84,6 +85,14 @@ def _fail(url: str) -> int:
 
 def _double(data: bytes) -> bytes:
     return data + data
+
+
+_GO_ON = threading.Event()
+
+
+def _wait_then_len(text: str) -> int:
+    _GO_ON.wait(timeout=10)
+    return len(text)
 
 
 def test_the_event_loop_runs_while_the_workers_start(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,12 +178,16 @@ def test_a_worker_that_dies_fails_its_own_jobs_and_another_takes_its_place(
 
     monkeypatch.setattr(workers, "_start", start)
 
+    _GO_ON.clear()
+
     async def scenario() -> list[object]:
-        outcomes = await asyncio.gather(
-            workers._run(_die, "die", "https://a.example/feed"),
-            workers._run(_die, "abcd", "https://b.example/feed"),  # (the other worker's)
-            return_exceptions=True,
+        dying = asyncio.create_task(workers._run(_die, "die", "https://a.example/feed"))
+        other = asyncio.create_task(  # (the other worker's, still at work when one dies)
+            workers._run(_wait_then_len, "abcd", "https://b.example/feed")
         )
+        await asyncio.wait([dying])
+        _GO_ON.set()
+        outcomes = await asyncio.gather(dying, other, return_exceptions=True)
         after = [await workers._run(_die, "x" * n, "u") for n in (1, 2, 3)]
         while workers._starting is not None:  # (the new one starts meanwhile)
             await asyncio.sleep(0.01)
@@ -214,6 +227,29 @@ def test_a_worker_found_dead_while_its_job_is_sent_fails_that_job(
     assert _ended(crew)
 
 
+def test_a_job_still_held_when_the_workers_end_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing waits for ever on a worker that was sent away."""
+    workers, crew = Workers(1), _crew(1)
+    monkeypatch.setattr(workers, "_start", lambda count: crew)
+    _GO_ON.clear()
+
+    async def scenario() -> bool:
+        held = asyncio.create_task(workers._run(_wait_then_len, "abc", "u"))
+        while not workers._crew or not workers._crew[0].waiting:  # (until it is sent)
+            await asyncio.sleep(0)
+        closing = asyncio.create_task(workers.close())
+        await asyncio.sleep(0)
+        _GO_ON.set()  # (the worker's job ends; its answer has nowhere to go)
+        await closing
+        await asyncio.wait([held])
+        return held.cancelled()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert _ended(crew)
+
+
 def test_jobs_and_answers_of_any_size_cross_whole_and_in_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -246,6 +282,66 @@ def test_jobs_and_answers_of_any_size_cross_whole_and_in_order(
     assert isinstance(failed, ParseError) and failed.reason == "not a feed"
     assert errors == []
     assert _ended(crew)
+
+
+def _stop(_: object) -> int:
+    raise StopIteration  # (a parser bug: next() of an empty iterator)
+
+
+def _bug(text: str) -> int:
+    raise ValueError(f"a bug in the parser: {text}")
+
+
+def test_a_bug_in_a_worker_comes_back_with_where_it_happened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error, with the worker's own frames as its cause (a logged bug shows them);
+    even a StopIteration, which a future refuses, ends its poll rather than hang it."""
+    workers, crew = Workers(1), _crew(1)
+    monkeypatch.setattr(workers, "_start", lambda count: crew)
+
+    async def scenario() -> list[Any]:
+        outcomes = await asyncio.gather(
+            workers._run(_bug, "x", "u1"),
+            workers._run(_stop, None, "u2"),
+            workers._run(len, "after", "u3"),
+            return_exceptions=True,
+        )
+        await workers.close()
+        return outcomes
+
+    bug, stopped, after = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert isinstance(bug, ValueError) and str(bug) == "a bug in the parser: x"
+    assert "in _bug" in str(bug.__cause__) and "in serve" in str(bug.__cause__)
+    assert isinstance(stopped, RuntimeError) and "StopIteration" in str(stopped)
+    assert after == 5
+    assert _ended(crew)
+
+
+@pytest.mark.parametrize("size", [0, 5, 70_000, 2**31])
+def test_messages_are_framed_as_multiprocessing_frames_them(size: int) -> None:
+    """The worker reads and writes with a multiprocessing Connection: the event loop's
+    side frames the same way (the longest form, for 2 GiB and more, checked by its
+    header alone)."""
+    if size >= 2**31:
+        assert _header(size) == struct.pack("!i", -1) + struct.pack("!Q", size)
+        inbox = bytearray(struct.pack("!i", -1) + struct.pack("!Q", 3) + b"abcrest")
+        assert _take_message(inbox) == b"abc" and inbox == bytearray(b"rest")
+        return
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    here, there = socket.socketpair()
+    far = Connection(there.detach())
+    try:
+        far.send_bytes(payload)  # (the worker's framing, read by ours)
+        inbox = bytearray()
+        while (message := _take_message(inbox)) is None:
+            inbox += here.recv(1 << 20)
+        assert message == payload and inbox == bytearray()
+        here.sendall(_header(size) + payload)  # (ours, read by the worker's)
+        assert far.recv_bytes() == payload
+    finally:
+        here.close()
+        far.close()
 
 
 def _index_with(root: Path, *statuses: FeedStatus) -> None:
