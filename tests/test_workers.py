@@ -185,9 +185,12 @@ def test_a_worker_that_dies_fails_its_own_jobs_and_another_takes_its_place(
         other = asyncio.create_task(  # (the other worker's, still at work when one dies)
             workers._run(_wait_then_len, "abcd", "https://b.example/feed")
         )
+        queued = asyncio.create_task(  # (behind the dying one, in the same worker)
+            workers._run(len, "never", "https://q.example/feed")
+        )
         await asyncio.wait([dying])
         _GO_ON.set()
-        outcomes = await asyncio.gather(dying, other, return_exceptions=True)
+        outcomes = await asyncio.gather(dying, other, queued, return_exceptions=True)
         after = [await workers._run(_die, "x" * n, "u") for n in (1, 2, 3)]
         while workers._starting is not None:  # (the new one starts meanwhile)
             await asyncio.sleep(0.01)
@@ -196,9 +199,11 @@ def test_a_worker_that_dies_fails_its_own_jobs_and_another_takes_its_place(
         await workers.close()
         return [*outcomes, *after]
 
-    died, other, *after = asyncio.run(asyncio.wait_for(scenario(), 30))
+    died, other, queued, *after = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert isinstance(died, ParseError) and died.url == "https://a.example/feed"
-    assert "the parser process died" in died.reason
+    assert died.reason.startswith("the parser process died on this document")
+    assert isinstance(queued, ParseError) and queued.url == "https://q.example/feed"
+    assert queued.reason.startswith("the parser process died on another document")
     assert other == 4 and after == [1, 2, 3, 4, 5]
     assert [len(c) for c in crews] == [2, 1]  # the dead one replaced, once
     assert all(_ended(c) for c in crews)
