@@ -68,6 +68,13 @@ def _crew(count: int) -> list[Launched]:
     return launched
 
 
+def _hired(monkeypatch: pytest.MonkeyPatch, count: int) -> tuple[Workers, list[Launched]]:
+    """Workers whose start hires these thread workers."""
+    workers, crew = Workers(count), _crew(count)
+    monkeypatch.setattr(workers, "_start", lambda count: crew)
+    return workers, crew
+
+
 def _ended(crew: list[Launched]) -> bool:
     return all(not one.process.is_alive() and one.socket.fileno() == -1 for one in crew)
 
@@ -152,8 +159,7 @@ def test_a_start_that_has_just_ended_when_the_pass_ends_is_ended_too(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The start is over but has not hired its workers yet when the pass ends."""
-    workers, crew = Workers(2), _crew(2)
-    monkeypatch.setattr(workers, "_start", lambda count: crew)
+    workers, crew = _hired(monkeypatch, 2)
 
     async def scenario() -> None:
         poll = asyncio.create_task(workers._run(len, "abc", "u"))
@@ -214,8 +220,7 @@ def test_a_worker_found_dead_while_its_job_is_sent_fails_that_job(
 ) -> None:
     """It died, and the event loop has not read its end yet: the job sent to it fails at
     once rather than wait for an answer that cannot come."""
-    workers, crew = Workers(1), _crew(1)
-    monkeypatch.setattr(workers, "_start", lambda count: crew)
+    workers, crew = _hired(monkeypatch, 1)
 
     async def scenario() -> object:
         assert await workers._run(len, "ab", "u") == 2
@@ -236,8 +241,7 @@ def test_a_job_still_held_when_the_workers_end_is_cancelled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Nothing waits for ever on a worker that was sent away."""
-    workers, crew = Workers(1), _crew(1)
-    monkeypatch.setattr(workers, "_start", lambda count: crew)
+    workers, crew = _hired(monkeypatch, 1)
     _GO_ON.clear()
 
     async def scenario() -> bool:
@@ -260,8 +264,7 @@ def test_jobs_and_answers_of_any_size_cross_whole_and_in_order(
 ) -> None:
     """Bigger than a socket's buffer, several at once to one worker, a failure among them,
     and one whose poll was cancelled: each answer reaches its own job."""
-    workers, crew = Workers(1), _crew(1)
-    monkeypatch.setattr(workers, "_start", lambda count: crew)
+    workers, crew = _hired(monkeypatch, 1)
     big = bytes(range(256)) * 40_000  # 10 MB
 
     errors: list[dict[str, Any]] = []  # (what the event loop's callbacks raised)
@@ -302,8 +305,7 @@ def test_a_bug_in_a_worker_comes_back_with_where_it_happened(
 ) -> None:
     """The error, with the worker's own frames as its cause (a logged bug shows them);
     even a StopIteration, which a future refuses, ends its poll rather than hang it."""
-    workers, crew = Workers(1), _crew(1)
-    monkeypatch.setattr(workers, "_start", lambda count: crew)
+    workers, crew = _hired(monkeypatch, 1)
 
     async def scenario() -> list[Any]:
         outcomes = await asyncio.gather(
