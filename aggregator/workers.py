@@ -244,7 +244,11 @@ class Workers:
             self._starting = asyncio.ensure_future(asyncio.to_thread(self._start, missing))
             self._starting.add_done_callback(self._started)
         if not self._crew and self._starting is not None:
-            await asyncio.shield(self._starting)  # (one start for every waiter)
+            starting = self._starting
+            await asyncio.shield(starting)  # (one start for every waiter)
+            # A start that had just ended when this job came is awaited at once, before
+            # its callback has hired its workers: hire them now (once, whoever is first).
+            self._started(starting)
             self._crew = [w for w in self._crew if w.alive]
         if not self._crew:  # (they ended as soon as they started)
             raise ParseError(url, "the parser processes could not be started")

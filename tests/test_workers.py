@@ -172,6 +172,35 @@ def test_a_start_that_has_just_ended_when_the_pass_ends_is_ended_too(
     assert _ended(crew)
 
 
+def test_jobs_that_come_as_the_start_ends_are_run_by_the_workers_it_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start that has ended but whose callback has not run yet (it hires the workers)
+    is awaited at once: its jobs are still run by the workers it started (they failed,
+    "could not be started", when a worker was replaced at that moment)."""
+    workers, crew = _hired(monkeypatch, 2)
+    hire = workers._started
+    calls: list[object] = []
+
+    def late(future: asyncio.Future[list[Launched]]) -> None:
+        calls.append(future)
+        if len(calls) == 1:  # (the start's own callback: the loop has not run it yet)
+            asyncio.get_running_loop().call_later(0.2, hire, future)
+        else:
+            hire(future)
+
+    monkeypatch.setattr(workers, "_started", late)
+
+    async def scenario() -> list[int]:
+        try:
+            return list(await asyncio.gather(*(workers._run(len, "x" * n, "u") for n in (1, 2))))
+        finally:
+            await workers.close()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) == [1, 2]
+    assert _ended(crew)
+
+
 def test_a_worker_that_dies_fails_its_own_jobs_and_another_takes_its_place(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
