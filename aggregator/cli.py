@@ -130,6 +130,11 @@ def poll(args: argparse.Namespace) -> int:
       */30 * * * * cd ~/feeds && aggregator poll -q     (cron, every 30 minutes)
       aggregator poll "BBC World" https://example.org/feed.xml
     """
+    early = _spare_cpu()
+    if early:  # (before anything else: its imports then overlap this process's own)
+        from aggregator.host import start_host  # noqa: PLC0415
+
+        start_host()
     from aggregator.archive import ArchiveLocked, lock_archive  # noqa: PLC0415
 
     cfg = _load(args.config)
@@ -138,7 +143,7 @@ def poll(args: argparse.Namespace) -> int:
     _setup_logging(args, progress.console if progress else None)
     try:
         with lock_archive(cfg.archive):
-            _start_parsers_early(cfg, only)
+            _start_parsers_early(cfg, only, early)
             from aggregator.pipeline import run_pass  # noqa: PLC0415 -- not to ask the daemon
 
             if progress is not None:
@@ -150,6 +155,7 @@ def poll(args: argparse.Namespace) -> int:
             else:
                 outcome = run_pass(cfg, handle_signals=True, only=only)
     except ArchiveLocked as e:
+        _stop_parsers()
         return _poll_by_daemon(cfg, only, args.quiet, e)
     except AggregatorError as e:
         raise _fail(e) from None
@@ -219,16 +225,37 @@ def _learned_names(cfg: Config) -> dict[str, str]:
         return {}
 
 
-def _start_parsers_early(cfg: Config, only: set[str] | None) -> None:
-    """If this pass will surely parse, start the parsers' forkserver now: its imports
-    (about 0.2 s) then overlap this process's own, rather than follow them."""
+def _spare_cpu() -> bool:
+    """Whether this process may use more than one CPU (then the parser host's imports
+    cost a pass that parses nothing no time of its own)."""
+    import os  # noqa: PLC0415
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cpus or 1) > 1
+
+
+def _start_parsers_early(cfg: Config, only: set[str] | None, started: bool) -> None:
+    """The parser host for this pass: ended if feeds.yaml says ``workers: 0``; else, if
+    not ``started`` already (one CPU), started now if the pass will surely parse."""
+    if not cfg.workers:
+        if started:
+            _stop_parsers()
+        return
+    if started:
+        return
     from aggregator.archive import surely_downloads  # noqa: PLC0415
 
     urls = [f.url for f in cfg.feeds if only is None or f.url in only]
-    if cfg.workers and surely_downloads(cfg.archive, urls):
-        from aggregator.workers import start_forkserver  # noqa: PLC0415
+    if surely_downloads(cfg.archive, urls):
+        from aggregator.host import start_host  # noqa: PLC0415
 
-        start_forkserver()
+        start_host()
+
+
+def _stop_parsers() -> None:
+    from aggregator.host import stop_host  # noqa: PLC0415
+
+    stop_host()
 
 
 def _poll_by_daemon(cfg: Config, only: set[str] | None, quiet: bool, locked: Exception) -> int:

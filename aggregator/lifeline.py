@@ -1,16 +1,10 @@
 """Parse workers never outlive the process they work for.
 
-The workers are forked by a forkserver, which the main process starts. Without help, a
-``kill -9`` of the main process leaves both running for ever: each worker holds the
-forkserver's "alive" pipe open, so neither ever sees that its parent is gone. So:
-
-- the forkserver imports this module first (it is in its preload list) and from then on
-  dies with the main process (imported anywhere else, the module does nothing);
-- every process the forkserver forks dies with the forkserver;
-- the forkserver and its workers leave the main process's process group, so that a
-  terminal's Ctrl-C (or a signal to the group) reaches the main process only: it decides
-  when they stop, by closing their sockets, and no worker prints a traceback. They keep
-  SIGTERM's default action, which stops a worker still busy a second after that.
+The workers are forked by the parser host (:mod:`aggregator.host`), which the main
+process starts. A ``kill -9`` of the main process closes the sockets it held, but a
+worker busy with a document, or the host itself, would not notice for a while, and a
+process that waits for nothing would never notice. So the host dies with the main process,
+and every worker it forks with the host, as soon as it happens.
 
 Linux's ``PR_SET_PDEATHSIG`` delivers the death; elsewhere a thread watches the parent.
 """
@@ -55,38 +49,3 @@ def _watch(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)
-
-
-def _install() -> None:
-    """In the forkserver: bound to the main process, in a process group of its own, and
-    each worker it forks bound to it."""
-    os.setpgid(0, 0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # and so in the workers (should one come)
-    bind_to_parent()
-    forkserver = os.getpid()
-    forking = [forkserver]  # the pid of the process that forks (workers inherit the hooks)
-
-    def before() -> None:
-        forking[0] = os.getpid()
-
-    def in_child() -> None:
-        if forking[0] == forkserver:  # a worker; not a process a worker forks
-            bind_to_parent(forkserver)
-
-    os.register_at_fork(before=before, after_in_child=in_child)
-
-
-def _imported_by_forkserver() -> bool:
-    frame = sys._getframe(1)
-    while frame is not None:
-        if (
-            frame.f_code.co_name == "main"
-            and frame.f_globals.get("__name__") == "multiprocessing.forkserver"
-        ):
-            return True
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
-
-
-if _imported_by_forkserver():  # anywhere else, importing this module changes nothing
-    _install()

@@ -3,23 +3,20 @@
 A :class:`Job` is a fetched body plus what its posts need from the config; the result is
 the feed's metadata and one rendered :class:`~aggregator.models.Post` per entry
 considered (the newest ``max_entries``), oldest first. The main process then only
-dedupes and writes. Jobs run in worker processes forked by a forkserver with the parsing
-modules preloaded, or in a thread when ``workers: 0``. None of them outlives
-this process (see :mod:`aggregator.lifeline`). The same workers find the article of a
-page for feeds with ``full_text`` (:func:`extract`).
+dedupes and writes. Jobs run in worker processes forked by the parser host, which has
+the parsing modules imported (:mod:`aggregator.host`), or in a thread when ``workers: 0``.
+None of them outlives this process (see :mod:`aggregator.lifeline`). The same workers find
+the article of a page for feeds with ``full_text`` (:func:`extract`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
-import os
 import socket
 import struct
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,11 +26,8 @@ from aggregator.errors import ParseError
 from aggregator.models import Entry, ItemRules, Post, pickled_by_fields
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
-    from multiprocessing.context import ForkServerContext
-    from multiprocessing.process import BaseProcess
-
     from aggregator.fulltext import PageJob
+    from aggregator.host import Forked
 
 log = logging.getLogger(__name__)
 J = TypeVar("J")
@@ -156,28 +150,6 @@ def release_memory() -> None:
     trim(0)
 
 
-PRELOAD = ["aggregator.lifeline", "aggregator.parsers", "aggregator.process", "aggregator.posts"]
-
-
-def _context() -> ForkServerContext:
-    import multiprocessing  # noqa: PLC0415 -- not needed on a warm pass
-
-    context = multiprocessing.get_context("forkserver")
-    # lifeline first: the forkserver and its workers die with this process, whatever
-    # kills it, and leave SIGINT/SIGTERM to it.
-    context.set_forkserver_preload(PRELOAD)
-    return context
-
-
-def start_forkserver() -> None:
-    """Start the process the workers are forked from, without waiting for it: its imports
-    (about 0.2 s) then overlap this process's own. For a pass that will surely parse."""
-    from multiprocessing import forkserver  # noqa: PLC0415
-
-    _context()
-    forkserver.ensure_running()
-
-
 class Workers:
     """Runs :func:`prepare` in ``count`` processes (started on first use), or in a thread.
 
@@ -195,27 +167,15 @@ class Workers:
 
     def _start(self, count: int) -> list[Launched]:
         """``count`` worker processes, each with this side of its socket. In a thread:
-        the first waits for the forkserver's imports (about 0.2 s), which would stall
-        the event loop; the others are forked from the forkserver then ready, in a few
+        the first waits for the parser host's imports (about 0.2 s), which would stall
+        the event loop; the others are forked from the host then ready, in a few
         milliseconds each."""
-        context = _context()
+        from aggregator.host import fork_worker  # noqa: PLC0415
+
         launched: list[Launched] = []
         try:
             for _ in range(count):
-                here, there = context.Pipe(duplex=True)
-                try:
-                    process = context.Process(target=serve, args=(there,), daemon=True)
-                    process.start()
-                    try:
-                        end = socket.socket(fileno=os.dup(here.fileno()))
-                    except BaseException:
-                        process.terminate()
-                        process.join()
-                        raise
-                finally:
-                    here.close()
-                    there.close()
-                launched.append(Launched(process, end))
+                launched.append(Launched(*fork_worker()))
         except BaseException:
             _end(launched)
             raise
@@ -241,11 +201,18 @@ class Workers:
         self._crew = [w for w in self._crew if w.alive]
         missing = self.count - len(self._crew)
         if missing and self._starting is None:  # (the first start, or a dead one replaced)
+            from aggregator.host import start_host  # noqa: PLC0415
+
+            start_host(blocking=False)  # (from this thread, which lasts; the forks in another)
             self._starting = asyncio.ensure_future(asyncio.to_thread(self._start, missing))
             self._starting.add_done_callback(self._started)
         if not self._crew and self._starting is not None:
             starting = self._starting
-            await asyncio.shield(starting)  # (one start for every waiter)
+            try:
+                await asyncio.shield(starting)  # (one start for every waiter)
+            except OSError as e:  # (the host could not be started, or died at once)
+                why = f"the parser processes could not be started: {e.strerror or e}"
+                raise ParseError(url, why) from e
             # A start that had just ended when this job came is awaited at once, before
             # its callback has hired its workers: hire them now (once, whoever is first).
             self._started(starting)
@@ -289,7 +256,7 @@ class Launched:
 
     __slots__ = ("process", "socket")
 
-    def __init__(self, process: BaseProcess, end: socket.socket) -> None:
+    def __init__(self, process: Forked, end: socket.socket) -> None:
         self.process = process
         self.socket = end
 
@@ -438,28 +405,6 @@ def _take_message(inbox: bytearray) -> bytes | None:
         message = bytes(view[start : start + size])
     del inbox[: start + size]
     return message
-
-
-def serve(connection: Connection) -> None:
-    """A worker's life: run each job that arrives and send its result back, until the
-    main process closes its end."""
-    while True:
-        try:
-            work, job = connection.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            answer: tuple[bool, object, str] = (True, work(job), "")
-        except Exception as e:  # (the job's failure, a ParseError most often: sent back)
-            answer = (False, e, "".join(traceback.format_exception(e)))
-        try:
-            connection.send(answer)
-        except (EOFError, OSError):  # the main process is gone or done: so are we
-            return
-        except Exception as e:  # (it could not be pickled): say so instead
-            failure = RuntimeError(f"a worker could not send its answer: {e}")
-            with contextlib.suppress(EOFError, OSError):
-                connection.send((False, failure, ""))
 
 
 def _end(launched: list[Launched]) -> None:

@@ -63,8 +63,8 @@ def write_config(tmp_path: Path, feeds: list[dict[str, object]], **top: object) 
 
 # No process left behind ------------------------------------------------------------------
 # Every process a test starts inherits this marker in its environment; when the session
-# ends, none may be left (this process's forkserver and resource tracker, which end with
-# it, are stopped first). Orphans re-parented to PID 1 are found too: they keep their environment.
+# ends, none may be left (this process's parser host, which ends with it, is stopped
+# first). Orphans re-parented to PID 1 are found too: they keep their environment.
 
 _MARK = "AGGREGATOR_TEST_SESSION"
 
@@ -86,7 +86,7 @@ def marked_processes(mark: str) -> dict[int, str]:
 
 
 # The temporary files of the processes the tests start. Killed on purpose, a process
-# leaves its own behind (multiprocessing's forkserver socket folder, for one): they are
+# leaves its own behind (a killed pass's temp files, for one): they are
 # kept here, short of path (a socket's path is limited), and removed with it at the end.
 _TMPDIR = "AGGREGATOR_TEST_TMPDIR"
 
@@ -105,15 +105,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _no_process_left(session: pytest.Session) -> None:
-    import multiprocessing.forkserver
-    import multiprocessing.resource_tracker
+    from aggregator.host import stop_host
 
-    for helper in (  # this process's own helpers, which would end with it
-        multiprocessing.forkserver._forkserver,
-        multiprocessing.resource_tracker._resource_tracker,
-    ):
-        with contextlib.suppress(Exception):
-            helper._stop()  # type: ignore[attr-defined]
+    stop_host()  # (this process's own, which would end with it)
     mark = os.environ.get(_MARK, "")
     if not mark or not Path("/proc/self/environ").exists():
         return

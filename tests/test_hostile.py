@@ -138,7 +138,7 @@ def test_hostile_farm_through_poll(tmp_path: Path) -> None:
 
 
 def _tree(root: int) -> list[int]:
-    """``root`` and all its descendants (the parse workers and their forkserver)."""
+    """``root`` and all its descendants (the parser host and its workers)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -166,7 +166,7 @@ def _memory_kib(pid: int, field: str, source: str = "status") -> int:
 
 @dataclass
 class Memory:
-    """Memory of a process tree (the aggregator, its forkserver and parse workers), MiB."""
+    """Memory of a process tree (the aggregator, its parser host and workers), MiB."""
 
     peak: float  # the largest total seen, counting shared pages once (PSS), sampled every 20 ms
     bound: float  # the sum of every process's own peak RSS: an upper bound, never reached at once

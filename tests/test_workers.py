@@ -1,9 +1,9 @@
-"""The parse workers. Starting them never stalls the event loop (the forkserver's imports
+"""The parse workers. Starting them never stalls the event loop (the parser host's imports
 take a fifth of a second, during which fetches go on), every poll waiting for it shares
 one start, and a start still under way when the pass ends is ended with it. Jobs and
 answers of any size cross the workers' sockets whole, in order; a worker that dies fails
-its own jobs only and is replaced. A poll that will surely parse starts the forkserver
-before its own imports. What a worker sends arrives whole.
+its own jobs only and is replaced. On one CPU, a poll that will surely parse starts the
+parser host before its own imports. What a worker sends arrives whole.
 
 The workers here are threads of the test running the workers' own loop (``serve``) on the
 far end of a socket pair: the sockets, the framing and the event loop's side are those of
@@ -27,9 +27,10 @@ import pytest
 
 from aggregator.archive import state_path, surely_downloads
 from aggregator.errors import ParseError
+from aggregator.host import serve
 from aggregator.models import Episode, FeedStatus, Media, Post, Validators, pickled_by_fields
 from aggregator.state import State
-from aggregator.workers import Launched, Prepared, Workers, _header, _take_message, serve
+from aggregator.workers import Launched, Prepared, Workers, _header, _take_message
 
 
 class _Worker:
@@ -107,7 +108,7 @@ def test_the_event_loop_runs_while_the_workers_start(monkeypatch: pytest.MonkeyP
     looped = threading.Event()
     starts: list[tuple[int, bool]] = []
 
-    def start(count: int) -> list[Launched]:  # (as the forkserver's imports would, it waits)
+    def start(count: int) -> list[Launched]:  # (as the host's imports would, it waits)
         starts.append((count, looped.wait(timeout=10)))  # set only if the loop runs meanwhile
         return crew
 
@@ -199,6 +200,27 @@ def test_jobs_that_come_as_the_start_ends_are_run_by_the_workers_it_started(
 
     assert asyncio.run(asyncio.wait_for(scenario(), 30)) == [1, 2]
     assert _ended(crew)
+
+
+def test_workers_that_cannot_be_started_fail_the_feed_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parser host could not be started, or died at once: the feed fails, saying so."""
+    workers = Workers(2)
+
+    def start(count: int) -> list[Launched]:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(workers, "_start", start)
+
+    async def scenario() -> None:
+        try:
+            with pytest.raises(ParseError, match="could not be started: Connection reset"):
+                await workers._run(len, "abc", "https://a.example/feed")
+        finally:
+            await workers.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
 def test_a_worker_that_dies_fails_its_own_jobs_and_another_takes_its_place(
