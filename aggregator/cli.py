@@ -130,11 +130,7 @@ def poll(args: argparse.Namespace) -> int:
       */30 * * * * cd ~/feeds && aggregator poll -q     (cron, every 30 minutes)
       aggregator poll "BBC World" https://example.org/feed.xml
     """
-    early = _spare_cpu()
-    if early:  # (before anything else: its imports then overlap this process's own)
-        from aggregator.host import start_host  # noqa: PLC0415
-
-        start_host()
+    early = _spare_cpu() and _start_parsers()  # (first: their imports overlap ours)
     from aggregator.archive import ArchiveLocked, lock_archive  # noqa: PLC0415
 
     cfg = _load(args.config)
@@ -247,9 +243,18 @@ def _start_parsers_early(cfg: Config, only: set[str] | None, started: bool) -> N
 
     urls = [f.url for f in cfg.feeds if only is None or f.url in only]
     if surely_downloads(cfg.archive, urls):
-        from aggregator.host import start_host  # noqa: PLC0415
+        _start_parsers()
 
+
+def _start_parsers() -> bool:
+    """Start the parser host now; whether it started (if not, the first parse says why)."""
+    from aggregator.host import start_host  # noqa: PLC0415
+
+    try:
         start_host()
+    except OSError:
+        return False
+    return True
 
 
 def _stop_parsers() -> None:

@@ -2,26 +2,28 @@
 
 The main process starts it (:func:`start_host`) with one socket to it; the host imports
 the parsing modules once, then forks a worker for each socket the main process hands it
-down that one (``SCM_RIGHTS``) and answers with the worker's pid. A fork of a process
-that has imported everything is ready in milliseconds, and the main process, whose
-threads make forking it unsafe, never forks.
+down that one (``SCM_RIGHTS``) and answers with the worker's pid and a pidfd of it. A
+fork of a process that has imported the parsing modules is ready in milliseconds, and
+the main process, whose threads make forking it unsafe, never forks.
 
 It replaces multiprocessing's forkserver, which did the same but also started a
 resource tracker and cost the main process its imports (about 40 ms of a pass's start,
-and a pass that parsed nothing paid it too): this host costs a ``posix_spawn`` and one
-socket, so a poll can start it before it knows whether it will parse.
+and a pass that parsed nothing paid it too): this host costs the main process one fork
+and exec and one socket, so a poll can start it before it knows whether it will parse.
 
 Neither the host nor a worker outlives the main process, whatever kills it: the host
-dies with the main process and each worker with the host (see :mod:`aggregator.lifeline`).
-They run in a process group of their own, so that a terminal's Ctrl-C (or a signal to the
-group) reaches the main process only: it decides when the workers stop, by closing their
-sockets, and no worker prints a traceback. They keep SIGTERM's default action, which stops
-a worker still busy a second after that.
+ends when the main process's end of its socket closes, as it does when the main process
+dies, and each worker dies with the host (see :mod:`aggregator.lifeline`). They run in a
+process group of their own, so that a terminal's Ctrl-C (or a signal to the group)
+reaches the main process only: it decides when the workers stop, by closing their
+sockets, and no worker prints a traceback. They keep SIGTERM's default action, which
+stops a worker still busy a second after that.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -40,40 +42,32 @@ if TYPE_CHECKING:
 # What the host imports before it forks anything, so that no worker has to.
 PRELOAD = ("aggregator.parsers", "aggregator.process", "aggregator.posts")
 
-_PID = struct.Struct("!q")
+_ANSWER = struct.Struct("!q")  # a worker's pid, or minus the errno of a fork that failed
+_ANSWER_WITHIN = 60.0  # seconds the host may take to answer (the first waits its imports)
+_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)  # (a pidfd received is not inherited)
 
 
 class Forked:
     """A worker the host forked. It is the host's child, not this process's: it is waited
-    for and signalled through a pidfd where Linux has them (no pid reused meanwhile can
-    be hit), else by its pid."""
+    for and signalled through the pidfd the host opened before the worker could be
+    reaped (so no pid reused meanwhile is ever hit); by its pid where there are none."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, pidfd: int | None) -> None:
         self.pid = pid
-        self._fd: int | None = None
-        try:
-            self._fd = os.pidfd_open(pid)
-        except ProcessLookupError:  # (it has ended already)
-            self._gone = True
-        except (AttributeError, OSError):
-            self._gone = False
-        else:
-            self._gone = False
+        self._fd = pidfd
+        self._gone = False
 
     def is_alive(self) -> bool:
-        if self._gone:
-            return False
-        if self._fd is not None:
-            self._gone = bool(select.select([self._fd], [], [], 0)[0])
-        else:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                self._gone = True
-            except PermissionError:  # (someone else's now)
-                self._gone = True
-        if self._gone:
-            self._close()
+        if not self._gone:
+            if self._fd is not None:
+                self._gone = self._ended(0)
+            else:
+                try:
+                    os.kill(self.pid, 0)
+                except (ProcessLookupError, PermissionError):  # (gone, or someone else's)
+                    self._gone = True
+            if self._gone:
+                self._close()
         return not self._gone
 
     def join(self, timeout: float | None = None) -> None:
@@ -84,7 +78,7 @@ class Forked:
             if left is not None and left <= 0:
                 return
             if self._fd is not None:
-                select.select([self._fd], [], [], left)
+                self._ended(left)
             else:
                 time.sleep(0.01 if left is None else min(0.01, left))
 
@@ -97,6 +91,14 @@ class Forked:
                 signal.pidfd_send_signal(self._fd, signal.SIGTERM)
             else:
                 os.kill(self.pid, signal.SIGTERM)
+
+    def _ended(self, timeout: float | None) -> bool:
+        """Whether it has ended, waiting up to ``timeout`` seconds (None: until it has).
+        (``poll`` rather than ``select``: a daemon's descriptors go past 1024.)"""
+        assert self._fd is not None
+        waiting = select.poll()
+        waiting.register(self._fd, select.POLLIN)
+        return bool(waiting.poll(None if timeout is None else max(0.0, timeout * 1000)))
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -115,22 +117,30 @@ class _Host:
 
     def fork(self) -> tuple[Forked, socket.socket]:
         """A new worker and this process's end of its socket. Waits, the first time, for
-        the host's imports."""
+        the host's imports. :class:`ConnectionError` if the host has ended."""
         here, there = socket.socketpair()
+        fds: list[int] = []
         try:
-            socket.send_fds(self.control, [b"w"], [there.fileno()])
-            answer = b""
-            while len(answer) < _PID.size:
-                got = self.control.recv(_PID.size - len(answer))
-                if not got:
-                    raise ConnectionResetError("the parser host ended")
-                answer += got
+            with there:
+                socket.send_fds(self.control, [b"w"], [there.fileno()])
+            answer, fds, _, _ = socket.recv_fds(self.control, _ANSWER.size, 1, _CLOEXEC)
+            while 0 < len(answer) < _ANSWER.size:  # (a message cut short)
+                rest = self.control.recv(_ANSWER.size - len(answer))
+                if not rest:
+                    break
+                answer += rest
+            if len(answer) < _ANSWER.size:
+                raise ConnectionResetError(errno.ECONNRESET, "the parser host ended")
         except BaseException:
             here.close()
+            for fd in fds:
+                os.close(fd)
             raise
-        finally:
-            there.close()
-        return Forked(_PID.unpack(answer)[0]), here
+        (pid,) = _ANSWER.unpack(answer)
+        if pid < 0:  # it could not fork, and said why; it goes on
+            here.close()
+            raise OSError(-pid, f"the parser host could not fork: {os.strerror(-pid)}")
+        return Forked(pid, fds[0] if fds else None), here
 
     def close(self) -> None:
         """End the host now (its workers with it), even in the middle of its imports."""
@@ -144,40 +154,38 @@ _host: _Host | None = None
 _lock = threading.Lock()
 
 
-def start_host(*, blocking: bool = True) -> None:
+def start_host() -> None:
     """Start the host now, without waiting for its imports (about 0.2 s): they then
-    overlap this process's own. ``blocking=False``: unless a thread is busy with it.
-
-    Linux ends the host when the *thread* that started it ends: call this from a thread
-    that lasts (the main thread, an event loop's)."""
-    if _lock.acquire(blocking=blocking):
-        try:
-            _running()
-        finally:
-            _lock.release()
+    overlap this process's own."""
+    with _lock:
+        _running()
 
 
 def fork_worker() -> tuple[Forked, socket.socket]:
     """A new worker, forked by the host (started, or started again if it has ended).
     Blocks: the first one waits for the host's imports."""
-    global _host  # noqa: PLW0603 -- one host a process
     with _lock:
         try:
             return _running().fork()
-        except OSError:  # the host was killed: another one, once
-            if _host is not None:
-                _host.close()
-                _host = None
+        except ConnectionError:  # the host was killed: another one, once
+            _discard()
             return _running().fork()
+        except TimeoutError:  # (stuck: it would not answer the next one either)
+            _discard()
+            raise
 
 
 def stop_host() -> None:
     """End the host, if one is running (and so every worker it forked)."""
-    global _host  # noqa: PLW0603
     with _lock:
-        if _host is not None:
-            _host.close()
-            _host = None
+        _discard()
+
+
+def _discard() -> None:
+    global _host  # noqa: PLW0603 -- one host a process
+    if _host is not None:
+        _host.close()
+        _host = None
 
 
 def _running() -> _Host:
@@ -195,14 +203,14 @@ def _spawn() -> _Host:
 
     here, there = socket.socketpair()
     with there:
-        start = "from aggregator.host import serve_forks; serve_forks"
-        start += f"({there.fileno()}, {os.getpid()})"
-        # (the interpreter's flags, -X and -W included, as multiprocessing passes them on)
+        # This process's module path (a zipapp's or a wrapper's included), as
+        # multiprocessing gives its workers; its interpreter's flags, -X and -W included.
+        start = f"import sys; sys.path[:] = {sys.path!r}"
+        start += f"; from aggregator.host import serve_forks; serve_forks({there.fileno()})"
         flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-        command = [sys.executable, *flags, "-c", start]
         try:
             process = subprocess.Popen(
-                command,
+                [sys.executable, *flags, "-c", start],
                 pass_fds=[there.fileno()],
                 stdin=subprocess.DEVNULL,
                 process_group=0,  # (Ctrl-C in a terminal reaches the main process only)
@@ -210,55 +218,85 @@ def _spawn() -> _Host:
         except BaseException:
             here.close()
             raise
+    here.settimeout(_ANSWER_WITHIN)
     return _Host(process, here)
 
 
 # The host's side ------------------------------------------------------------------------
 
 
-def serve_forks(fd: int, parent: int) -> None:
-    """The host's life: bound to the main process ``parent``, import the parsing modules,
-    then fork a worker for each socket that arrives on ``fd``, until it is closed."""
-    from aggregator.lifeline import bind_to_parent  # noqa: PLC0415
-
+def serve_forks(fd: int) -> None:
+    """The host's life: import the parsing modules, then fork a worker for each socket
+    that arrives on ``fd``, until the main process's end of it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (the workers inherit it too)
-    bind_to_parent(parent)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # a worker that ends is reaped at once
+    signal.signal(signal.SIGCHLD, _reap)
     control = socket.socket(fileno=fd)
     import importlib  # noqa: PLC0415
-    from multiprocessing.connection import Connection  # noqa: PLC0415
 
     for name in PRELOAD:
         importlib.import_module(name)
     host = os.getpid()
     while True:
         try:
-            message, fds, _, _ = socket.recv_fds(control, 16, 4)
+            message, fds, _, _ = socket.recv_fds(control, 16, 1)
         except OSError:
-            return
-        if not message:  # the main process hung up (or ended)
-            return
-        for extra in fds[1:]:
-            os.close(extra)
-        if not fds:
-            continue
-        pid = os.fork()
-        if pid == 0:
-            status = 0
-            try:
-                control.close()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                bind_to_parent(host)
-                serve(Connection(fds[0]))
-            except BaseException:  # (nothing to send it to: the end of its socket)
-                status = 1
-            finally:
-                os._exit(status)
-        os.close(fds[0])
+            message = b""
+        if not message:  # the main process hung up, or ended: at once (it may be waiting
+            os._exit(0)  # for the output it shares with us to close)
+        pidfd = None
         try:
-            control.sendall(_PID.pack(pid))
+            if not fds:
+                raise OSError(errno.EBADF, "no socket came with the request")
+            # (a worker that ends at once is not reaped before its pidfd is open)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    _work(control, fds[0], host)
+                with contextlib.suppress(AttributeError, OSError):  # (no pidfds here)
+                    pidfd = os.pidfd_open(pid)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+            answer = _ANSWER.pack(pid)
+        except OSError as e:  # (out of processes or memory, say: the host goes on)
+            answer = _ANSWER.pack(-(e.errno or errno.EIO))
+        finally:
+            for got in fds:
+                os.close(got)
+        try:
+            socket.send_fds(control, [answer], [pidfd] if pidfd is not None else [])
         except OSError:
-            return
+            os._exit(0)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+
+def _work(control: socket.socket, fd: int, host: int) -> None:
+    """A worker, just forked: bound to the host, it serves the jobs of ``fd``, then ends."""
+    status = 0
+    try:
+        control.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        from multiprocessing.connection import Connection  # noqa: PLC0415
+
+        from aggregator.lifeline import bind_to_parent  # noqa: PLC0415
+
+        bind_to_parent(host)
+        serve(Connection(fd))
+    except BaseException:  # (its socket is its only way out: the reason goes to stderr)
+        traceback.print_exc()
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def _reap(signum: int, frame: object) -> None:
+    """Collect the workers that have ended (their pidfds still say so)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
 
 
 def serve(connection: Connection) -> None:

@@ -1,12 +1,12 @@
 """Parse workers never outlive the process they work for.
 
-The workers are forked by the parser host (:mod:`aggregator.host`), which the main
-process starts. A ``kill -9`` of the main process closes the sockets it held, but a
-worker busy with a document, or the host itself, would not notice for a while, and a
-process that waits for nothing would never notice. So the host dies with the main process,
-and every worker it forks with the host, as soon as it happens.
+The workers are forked by the parser host (:mod:`aggregator.host`), which ends when the
+main process's end of its socket closes, as it does when the main process dies. A worker
+busy with a document would not notice that for a while, so each worker asks to die as
+soon as the host does.
 
 Linux's ``PR_SET_PDEATHSIG`` delivers the death; elsewhere a thread watches the parent.
+(Linux sends it when the parent *thread* ends: the host forks from its only one.)
 """
 
 from __future__ import annotations

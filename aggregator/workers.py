@@ -201,16 +201,13 @@ class Workers:
         self._crew = [w for w in self._crew if w.alive]
         missing = self.count - len(self._crew)
         if missing and self._starting is None:  # (the first start, or a dead one replaced)
-            from aggregator.host import start_host  # noqa: PLC0415
-
-            start_host(blocking=False)  # (from this thread, which lasts; the forks in another)
             self._starting = asyncio.ensure_future(asyncio.to_thread(self._start, missing))
             self._starting.add_done_callback(self._started)
         if not self._crew and self._starting is not None:
             starting = self._starting
             try:
                 await asyncio.shield(starting)  # (one start for every waiter)
-            except OSError as e:  # (the host could not be started, or died at once)
+            except OSError as e:  # (the host could not be started, or could not fork)
                 why = f"the parser processes could not be started: {e.strerror or e}"
                 raise ParseError(url, why) from e
             # A start that had just ended when this job came is awaited at once, before

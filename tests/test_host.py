@@ -1,21 +1,29 @@
 """The parser host, with real processes: it forks workers that run jobs until their
 socket closes; a worker is waited for and stopped by this process though it is the
-host's child; the host is in a process group of its own; a host that was killed is
-replaced at the next fork; a stopped host takes its workers with it."""
+host's child; they are in a process group of their own; a host that was killed is
+replaced at the next fork, one that cannot fork says why and goes on; a stopped host
+takes its workers with it, and so does the death of the process that started it, even
+with a worker busy."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import pytest
 
+from aggregator import cli
 from aggregator import host as host_module
-from aggregator.host import Forked, fork_worker, start_host, stop_host
+from aggregator.host import fork_worker, start_host, stop_host
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +69,7 @@ def test_a_forked_worker_runs_jobs_until_its_socket_closes() -> None:
         assert _ask(end, abs, -3) == 3
         assert _ask(end, len, b"four") == 4
         assert os.getpgid(worker.pid) != os.getpgid(0)  # (Ctrl-C is not for it)
+        assert os.getpgid(_host_pid()) != os.getpgid(0)
     finally:
         end.close()
     worker.join(timeout=10)
@@ -80,6 +89,16 @@ def test_a_busy_worker_is_stopped_by_sigterm() -> None:
         assert not worker.is_alive()
 
 
+def test_a_worker_that_ends_at_once_is_seen_to_end() -> None:
+    """It ends (and the host reaps it) before anyone looks: its pidfd still says so."""
+    worker, end = fork_worker()
+    with end:
+        Connection(os.dup(end.fileno())).send((os._exit, 3))
+        worker.join(timeout=10)
+        assert not worker.is_alive()
+        worker.terminate()  # (nothing to stop, and nothing else is hit)
+
+
 def test_a_killed_host_takes_its_workers_and_is_replaced() -> None:
     worker, end = fork_worker()
     first = _host_pid()
@@ -94,6 +113,22 @@ def test_a_killed_host_takes_its_workers_and_is_replaced() -> None:
     another.join(timeout=10)
 
 
+def test_a_host_that_cannot_fork_says_why_and_goes_on() -> None:
+    """A request it cannot serve (here, one that came without its socket) is answered
+    with the reason; the host serves the next one."""
+    start_host()
+    running = host_module._host
+    assert running is not None
+    socket.send_fds(running.control, [b"w"], [])
+    answer, fds, _, _ = socket.recv_fds(running.control, 8, 1)
+    assert (int.from_bytes(answer, "big", signed=True), fds) == (-errno.EBADF, [])
+    worker, end = fork_worker()
+    with end:
+        assert _host_pid() == running.process.pid
+        assert _ask(end, abs, -7) == 7
+    worker.join(timeout=10)
+
+
 def test_stopping_the_host_ends_its_workers() -> None:
     start_host()
     worker, end = fork_worker()
@@ -103,15 +138,6 @@ def test_stopping_the_host_ends_its_workers() -> None:
         assert _gone(host)
         worker.join(timeout=10)
         assert not worker.is_alive()
-
-
-def test_a_worker_that_ended_long_ago_is_not_mistaken_for_another_process() -> None:
-    worker, end = fork_worker()
-    end.close()
-    worker.join(timeout=10)
-    assert not worker.is_alive()
-    worker.terminate()  # (nothing to stop: no signal to whatever has its pid now)
-    assert not Forked(worker.pid).is_alive()
 
 
 def test_jobs_that_fail_come_back_as_errors() -> None:
@@ -124,3 +150,46 @@ def test_jobs_that_fail_come_back_as_errors() -> None:
     assert not ok and isinstance(value, ValueError) and "Traceback" in trace
     worker.join(timeout=10)
     assert not worker.is_alive()
+
+
+def test_nothing_outlives_the_process_that_started_the_host(tmp_path: Path) -> None:
+    """Killed with a worker busy for a minute (which would not notice a closed socket
+    until then), the host and the worker go within seconds."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys, time
+            from multiprocessing.connection import Connection
+            import aggregator.host as h
+            from aggregator.host import fork_worker
+            worker, end = fork_worker()
+            Connection(os.dup(end.fileno())).send((time.sleep, 60))
+            print(h._host.process.pid, worker.pid, flush=True)
+            time.sleep(60)
+            """
+        )
+    )
+    main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert main.stdout is not None
+        host, worker = map(int, main.stdout.readline().split())
+        time.sleep(0.3)  # (the worker is asleep in its job)
+        os.kill(main.pid, signal.SIGKILL)
+        main.wait()
+        assert _gone(host, timeout=5) and _gone(worker, timeout=5)
+    finally:
+        if main.poll() is None:
+            main.kill()
+            main.wait()
+
+
+def test_a_poll_goes_on_when_the_early_start_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting the host early is a head start only: if it fails, the first parse
+    tries again (and its feed says why if that fails too)."""
+
+    def refuse() -> None:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(host_module, "start_host", refuse)
+    assert cli._start_parsers() is False
