@@ -86,8 +86,8 @@ def marked_processes(mark: str) -> dict[int, str]:
 
 
 # The temporary files of the processes the tests start. Killed on purpose, a process
-# leaves its own behind (a killed pass's temp files, for one): they are
-# kept here, short of path (a socket's path is limited), and removed with it at the end.
+# leaves its own behind (a killed demo's folder, for one): they are kept here, short of
+# path (a socket's path is limited), and removed with it at the end.
 _TMPDIR = "AGGREGATOR_TEST_TMPDIR"
 
 
