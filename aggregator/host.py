@@ -191,8 +191,7 @@ def _discard() -> None:
 def _running() -> _Host:
     global _host  # noqa: PLW0603
     if _host is not None and _host.process.poll() is not None:  # it ended: reaped
-        _host.control.close()
-        _host = None
+        _discard()
     if _host is None:
         _host = _spawn()
     return _host
