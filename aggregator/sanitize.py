@@ -166,8 +166,27 @@ def html_to_text(fragment: str) -> str:
 # Characters XML 1.0 cannot carry (C0 controls other than tab/newline/return,
 # surrogates, U+FFFE/U+FFFF); feeds we publish must stay well-formed.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_NOT_XML_C0 = bytes(c for c in range(0x20) if c not in (0x09, 0x0A, 0x0D))
 
 
 def xml_safe(text: str) -> str:
     """``text`` without the characters that XML 1.0 forbids."""
+    if not text.isascii() and _xml_allows(text):
+        return text
     return _NOT_XML.sub("", text)
+
+
+def _xml_allows(text: str) -> bool:
+    """Whether ``text`` has none of ``_NOT_XML``, told from its UTF-8 bytes: a surrogate
+    does not encode, U+FFFE and U+FFFF encode as EF BF BE and EF BF BF, a C0 control as
+    itself. Over a long text beyond ASCII (a CJK article) this is about a third faster
+    than the pattern's scan."""
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        return False
+    return (
+        len(data.translate(None, _NOT_XML_C0)) == len(data)
+        and b"\xef\xbf\xbe" not in data
+        and b"\xef\xbf\xbf" not in data
+    )

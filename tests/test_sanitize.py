@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 from bs4 import BeautifulSoup
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator.sanitize import html_to_text, sanitize_html, xml_safe
 from tests.feedcheck import FORBIDDEN_TAGS, assert_inert_html
@@ -80,6 +82,23 @@ def test_html_to_text_and_xml_safe() -> None:
     assert html_to_text("A &lt;b&gt; <b>bold</b> &amp; <script>x</script>") == "A <b> bold & "
     assert html_to_text("plain") == "plain"
     assert xml_safe("a\x00b\x1fc\td\ne\ufffe") == "abc\td\ne"
+
+
+def _xml_allows(c: str) -> bool:
+    """XML 1.0's Char production."""
+    n = ord(c)
+    return c in "\t\n\r" or 0x20 <= n <= 0xD7FF or 0xE000 <= n <= 0xFFFD or n >= 0x10000
+
+
+@settings(max_examples=500)
+@given(
+    st.one_of(
+        st.text(alphabet=st.characters(blacklist_categories=())),
+        st.text(alphabet="a国\x00\x0b\x1f\t\n\r\ud800\udfff\ufffe\uffff\U0001f600"),
+    )
+)
+def test_xml_safe_drops_exactly_what_xml_forbids(text: str) -> None:
+    assert xml_safe(text) == "".join(c for c in text if _xml_allows(c))
 
 
 def test_audio_and_video_keep_their_player_never_their_scripts() -> None:

@@ -26,14 +26,13 @@ _CP1252 = {
 }
 
 
-# What either step can change: a C1 control, or what UTF-8 encodes a character's first
-# byte as (without one, the text's bytes cannot be UTF-8 read twice).
-_CLEANED = re.compile("[\x80-\x9f\xc2-\xf4]")
-
-
 def fp_text(value: str) -> str:
     """feedparser's clean-up of every text value of a UTF-8 document."""
-    if value.isascii() or not _CLEANED.search(value):  # (which neither step changes)
+    # Either step changes a text only if it holds a character from U+0080 to U+00BF (a
+    # C1 control, or what a UTF-8 continuation byte reads as in Latin-1), each of which
+    # UTF-8 encodes with a first byte of C2: a byte search that is several times faster
+    # than a pattern's scan over a long text without one (a CJK article).
+    if value.isascii() or b"\xc2" not in value.encode("utf-8", "surrogatepass"):
         return value
     with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
         value = value.encode("iso-8859-1").decode("utf-8")
