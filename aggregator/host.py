@@ -39,8 +39,16 @@ if TYPE_CHECKING:
     import subprocess
     from multiprocessing.connection import Connection
 
-# What the host imports before it forks anything, so that no worker has to.
-PRELOAD = ("aggregator.parsers", "aggregator.process", "aggregator.posts")
+# What the host imports before it forks anything, so that no worker has to: the parsing
+# modules, and what a worker needs to take its jobs (its connection, the jobs' module).
+PRELOAD = (
+    "aggregator.parsers",
+    "aggregator.process",
+    "aggregator.posts",
+    "aggregator.lifeline",
+    "aggregator.workers",
+    "multiprocessing.connection",
+)
 
 _ANSWER = struct.Struct("!q")  # a worker's pid, or minus the errno of a fork that failed
 _ANSWER_WITHIN = 60.0  # seconds the host may take to answer (the first waits its imports)
@@ -115,14 +123,39 @@ class _Host:
         self.process = process
         self.control = control
 
-    def fork(self) -> tuple[Forked, socket.socket]:
-        """A new worker and this process's end of its socket. Waits, the first time, for
-        the host's imports. :class:`ConnectionError` if the host has ended."""
-        here, there = socket.socketpair()
+    def fork(self, count: int) -> tuple[list[tuple[Forked, socket.socket]], int]:
+        """``count`` new workers, each with this process's end of its socket, and the
+        errno of the first that could not be forked (0: none). All are asked for at once,
+        then the answers read (the host answers in order), so that the last is not kept
+        waiting for the first. Waits, the first time, for the host's imports.
+        :class:`ConnectionError` if the host has ended."""
+        asked: list[socket.socket] = []
+        forked: list[tuple[Forked, socket.socket]] = []
+        refused = 0
+        try:
+            for _ in range(count):
+                here, there = socket.socketpair()
+                asked.append(here)
+                with there:
+                    socket.send_fds(self.control, [b"w"], [there.fileno()])
+            for here in asked:
+                pid, pidfd = self._answer()
+                if pid < 0:  # it could not fork, and said why; it goes on
+                    refused = refused or -pid
+                    here.close()
+                else:
+                    forked.append((Forked(pid, pidfd), here))
+        except BaseException:
+            for here in asked:  # (each worker forked ends as its socket closes)
+                here.close()
+            raise
+        return forked, refused
+
+    def _answer(self) -> tuple[int, int | None]:
+        """The next answer: a worker's pid and its pidfd (None where there are none), or
+        minus the errno of a fork that failed."""
         fds: list[int] = []
         try:
-            with there:
-                socket.send_fds(self.control, [b"w"], [there.fileno()])
             answer, fds, _, _ = socket.recv_fds(self.control, _ANSWER.size, 1, _CLOEXEC)
             while 0 < len(answer) < _ANSWER.size:  # (a message cut short)
                 rest = self.control.recv(_ANSWER.size - len(answer))
@@ -132,15 +165,11 @@ class _Host:
             if len(answer) < _ANSWER.size:
                 raise ConnectionResetError(errno.ECONNRESET, "the parser host ended")
         except BaseException:
-            here.close()
             for fd in fds:
                 os.close(fd)
             raise
         (pid,) = _ANSWER.unpack(answer)
-        if pid < 0:  # it could not fork, and said why; it goes on
-            here.close()
-            raise OSError(-pid, f"the parser host could not fork: {os.strerror(-pid)}")
-        return Forked(pid, fds[0] if fds else None), here
+        return pid, fds[0] if fds else None
 
     def close(self) -> None:
         """End the host now (its workers with it), even in the middle of its imports."""
@@ -161,18 +190,29 @@ def start_host() -> None:
         _running()
 
 
-def fork_worker() -> tuple[Forked, socket.socket]:
-    """A new worker, forked by the host (started, or started again if it has ended).
-    Blocks: the first one waits for the host's imports."""
+def fork_workers(count: int) -> list[tuple[Forked, socket.socket]]:
+    """``count`` new workers, forked by the host (started, or started again if it has
+    ended). Blocks: the first call waits for the host's imports. If one could not be
+    forked, those that were end and :class:`OSError` says why."""
     with _lock:
         try:
-            return _running().fork()
+            forked, refused = _running().fork(count)
         except ConnectionError:  # the host was killed: another one, once
             _discard()
-            return _running().fork()
-        except TimeoutError:  # (stuck: it would not answer the next one either)
+            forked, refused = _running().fork(count)
+        except BaseException:  # (stuck, or its answers out of step with our requests)
             _discard()
             raise
+    if refused:
+        for _, here in forked:
+            here.close()
+        raise OSError(refused, f"the parser host could not fork: {os.strerror(refused)}")
+    return forked
+
+
+def fork_worker() -> tuple[Forked, socket.socket]:
+    """One new worker (see :func:`fork_workers`)."""
+    return fork_workers(1)[0]
 
 
 def stop_host() -> None:
@@ -204,12 +244,15 @@ def _spawn() -> _Host:
     with there:
         # This process's module path (a zipapp's or a wrapper's included), as
         # multiprocessing gives its workers; its interpreter's flags, -X and -W included.
-        start = f"import sys; sys.path[:] = {sys.path!r}"
+        # Without `site` (-S: 9 ms to start rather than 26), whose work the path holds,
+        # but for an editable install's finder: this package's folder comes last.
+        path = [*sys.path, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+        start = f"import sys; sys.path[:] = {path!r}"
         start += f"; from aggregator.host import serve_forks; serve_forks({there.fileno()})"
         flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
         try:
             process = subprocess.Popen(
-                [sys.executable, *flags, "-c", start],
+                [sys.executable, *flags, "-S", "-c", start],
                 pass_fds=[there.fileno()],
                 stdin=subprocess.DEVNULL,
                 process_group=0,  # (Ctrl-C in a terminal reaches the main process only)

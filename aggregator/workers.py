@@ -167,19 +167,11 @@ class Workers:
 
     def _start(self, count: int) -> list[Launched]:
         """``count`` worker processes, each with this side of its socket. In a thread:
-        the first waits for the parser host's imports (about 0.2 s), which would stall
-        the event loop; the others are forked from the host then ready, in a few
-        milliseconds each."""
-        from aggregator.host import fork_worker  # noqa: PLC0415
+        the first start waits for the parser host's imports (about 0.2 s), which would
+        stall the event loop; a later one takes a few milliseconds."""
+        from aggregator.host import fork_workers  # noqa: PLC0415
 
-        launched: list[Launched] = []
-        try:
-            for _ in range(count):
-                launched.append(Launched(*fork_worker()))
-        except BaseException:
-            _end(launched)
-            raise
-        return launched
+        return [Launched(*forked) for forked in fork_workers(count)]
 
     def _started(self, future: asyncio.Future[list[Launched]]) -> None:
         if self._starting is future:

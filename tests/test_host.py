@@ -23,7 +23,7 @@ import pytest
 
 from aggregator import cli
 from aggregator import host as host_module
-from aggregator.host import fork_worker, start_host, stop_host
+from aggregator.host import fork_worker, fork_workers, start_host, stop_host
 
 
 @pytest.fixture(autouse=True)
@@ -138,6 +138,48 @@ def test_stopping_the_host_ends_its_workers() -> None:
         assert _gone(host)
         worker.join(timeout=10)
         assert not worker.is_alive()
+
+
+def test_workers_asked_for_together_each_serve_their_own_socket() -> None:
+    forked = fork_workers(3)
+    try:
+        assert len({worker.pid for worker, _ in forked}) == 3
+        for n, (_, end) in enumerate(forked):
+            assert _ask(end, abs, -n) == n
+    finally:
+        for _, end in forked:
+            end.close()
+    for worker, _ in forked:
+        worker.join(timeout=10)
+        assert not worker.is_alive()
+
+
+def test_one_worker_refused_ends_those_asked_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answers come in the order asked; one refusal among them is the start's error,
+    and the workers forked with it are let go (their sockets closed)."""
+    ours, theirs = socket.socketpair()
+    answers = [4242, -errno.EAGAIN, 4343]
+    host = host_module._Host(subprocess.Popen(["true"]), ours)
+    host.process.wait()
+    monkeypatch.setattr(host_module, "_running", lambda: host)
+    try:
+        for pid in answers:  # (answered ahead: the requests are read below)
+            theirs.sendall(pid.to_bytes(8, "big", signed=True))
+        with pytest.raises(OSError, match="could not fork") as refused:
+            fork_workers(3)
+        assert refused.value.errno == errno.EAGAIN
+        ends = []
+        for _ in answers:
+            message, fds, _, _ = socket.recv_fds(theirs, 1, 1)
+            assert message == b"w" and len(fds) == 1
+            ends.append(socket.socket(fileno=fds[0]))
+        for end in ends:  # each worker's socket: closed on our side
+            with end:
+                end.settimeout(5)
+                assert end.recv(1) == b""
+    finally:
+        theirs.close()
+        ours.close()
 
 
 def test_jobs_that_fail_come_back_as_errors() -> None:

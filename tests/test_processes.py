@@ -49,12 +49,17 @@ def wait_for(condition: object, what: str, timeout: float = 20) -> None:
 
 
 def slow_feeds(farm: Farm, count: int) -> list[str]:
-    """Feeds that take a while to answer, with enough items to keep the workers busy."""
+    """Feeds that take a while to answer, each a tenth of a second or more to parse (long
+    texts to sanitize), so that a worker seen running holds a job for a while."""
+    text = "<p>" + "Some words <b>to clean</b> and <a href='/x'>a link</a>. " * 400 + "</p>"
 
     def answer(request: Request) -> Answer:
         time.sleep(0.4)
         n = request.path.strip("/")
-        items = [{"title": f"{n} {i}", "link": f"https://{n}.example/{i}"} for i in range(40)]
+        items = [
+            {"title": f"{n} {i}", "link": f"https://{n}.example/{i}", "description": text}
+            for i in range(40)
+        ]
         return Answer(200, rss(items))
 
     paths = [f"/f{i}" for i in range(count)]
@@ -117,6 +122,16 @@ def workers_up(proc: subprocess.Popen[bytes]) -> bool:
     return len(workers(proc)) >= 1
 
 
+def running_worker(proc: subprocess.Popen[bytes]) -> int | None:
+    """A parse worker of ``proc`` that is running (on a job: an idle one sleeps)."""
+    for pid in workers(proc):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if stat[stat.rindex(")") + 2] == "R":
+                return pid
+    return None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["poll", "run"])
 def test_no_process_survives_kill_9(
@@ -173,7 +188,11 @@ def test_a_killed_worker_costs_its_feeds_only_and_the_pass_still_ends(
     proc = start("poll", cfg, log)
     started.append(proc)
     wait_for(lambda: len(workers(proc)) >= 2, "two parse workers")
-    os.kill(workers(proc)[0], signal.SIGKILL)  # the out-of-memory killer, say
+    deadline = time.monotonic() + 20
+    while (busy := running_worker(proc)) is None:
+        assert time.monotonic() < deadline, "no worker was seen on a job"
+        time.sleep(0.01)
+    os.kill(busy, signal.SIGKILL)  # the out-of-memory killer, say
     assert proc.wait(timeout=60) == 1  # the feeds it held failed; the others did not
     wait_for(lambda: not session(proc.pid), "every process it started to end", timeout=10)
     out = log.with_suffix(".out").read_text()
