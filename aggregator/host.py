@@ -118,27 +118,28 @@ class Forked:
             self._close()
 
 
+# A worker's socket: this process's end, and the end the host hands down to the worker.
+_Pair = tuple[socket.socket, socket.socket]
+
+
 class _Host:
     def __init__(self, process: subprocess.Popen[bytes], control: socket.socket) -> None:
         self.process = process
         self.control = control
 
-    def fork(self, count: int) -> tuple[list[tuple[Forked, socket.socket]], int]:
-        """``count`` new workers, each with this process's end of its socket, and the
-        errno of the first that could not be forked (0: none). All are asked for at once,
-        then the answers read (the host answers in order), so that the last is not kept
-        waiting for the first. Waits, the first time, for the host's imports.
+    def fork(self, pairs: list[_Pair]) -> tuple[list[tuple[Forked, socket.socket]], int]:
+        """A new worker for each socket pair (its end handed down, this process's kept),
+        and the errno of the first that could not be forked (0: none). All are asked for
+        at once, then the answers read (the host answers in order), so that the last is
+        not kept waiting for the first. Waits, the first time, for the host's imports.
         :class:`ConnectionError` if the host has ended."""
-        asked: list[socket.socket] = []
         forked: list[tuple[Forked, socket.socket]] = []
         refused = 0
         try:
-            for _ in range(count):
-                here, there = socket.socketpair()
-                asked.append(here)
-                with there:
-                    socket.send_fds(self.control, [b"w"], [there.fileno()])
-            for here in asked:
+            for _, there in pairs:
+                socket.send_fds(self.control, [b"w"], [there.fileno()])
+                there.close()
+            for here, _ in pairs:
                 pid, pidfd = self._answer()
                 if pid < 0:  # it could not fork, and said why; it goes on
                     refused = refused or -pid
@@ -146,8 +147,9 @@ class _Host:
                 else:
                     forked.append((Forked(pid, pidfd), here))
         except BaseException:
-            for here in asked:  # (each worker forked ends as its socket closes)
-                here.close()
+            _close_pairs(pairs)  # (each worker forked ends as its socket closes)
+            for worker, _ in forked:
+                worker._close()
             raise
         return forked, refused
 
@@ -195,19 +197,42 @@ def fork_workers(count: int) -> list[tuple[Forked, socket.socket]]:
     ended). Blocks: the first call waits for the host's imports. If one could not be
     forked, those that were end and :class:`OSError` says why."""
     with _lock:
-        try:
-            forked, refused = _running().fork(count)
-        except ConnectionError:  # the host was killed: another one, once
-            _discard()
-            forked, refused = _running().fork(count)
-        except BaseException:  # (stuck, or its answers out of step with our requests)
-            _discard()
-            raise
+        for attempt in range(2):
+            host = _running()
+            pairs = _socket_pairs(count)  # (first: failing to make them asks nothing)
+            try:
+                forked, refused = host.fork(pairs)
+                break
+            except ConnectionError:  # the host was killed: another one, once
+                _discard()
+                if attempt:
+                    raise
+            except BaseException:  # (stuck: its answers would be out of step with ours)
+                _discard()
+                raise
     if refused:
-        for _, here in forked:
+        for worker, here in forked:
             here.close()
+            worker._close()
         raise OSError(refused, f"the parser host could not fork: {os.strerror(refused)}")
     return forked
+
+
+def _socket_pairs(count: int) -> list[_Pair]:
+    pairs: list[_Pair] = []
+    try:
+        for _ in range(count):
+            pairs.append(socket.socketpair())
+    except BaseException:
+        _close_pairs(pairs)
+        raise
+    return pairs
+
+
+def _close_pairs(pairs: list[_Pair]) -> None:
+    for pair in pairs:
+        for end in pair:
+            end.close()
 
 
 def fork_worker() -> tuple[Forked, socket.socket]:

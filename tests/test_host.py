@@ -45,6 +45,11 @@ def _ask(end: socket.socket, work: Callable[[object], object], job: object) -> o
     return value
 
 
+def _pid(_: object) -> int:
+    """A job: the pid of the worker that runs it."""
+    return os.getpid()
+
+
 def _gone(pid: int, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -141,23 +146,27 @@ def test_stopping_the_host_ends_its_workers() -> None:
 
 
 def test_workers_asked_for_together_each_serve_their_own_socket() -> None:
+    """Each worker comes with its own socket: closing one ends that worker only."""
     forked = fork_workers(3)
     try:
         assert len({worker.pid for worker, _ in forked}) == 3
-        for n, (_, end) in enumerate(forked):
-            assert _ask(end, abs, -n) == n
+        for worker, end in forked:
+            assert _ask(end, _pid, None) == worker.pid
+        for n, (worker, end) in enumerate(forked):
+            end.close()
+            worker.join(timeout=10)
+            assert not worker.is_alive()
+            assert all(other.is_alive() for other, _ in forked[n + 1 :])
     finally:
         for _, end in forked:
             end.close()
-    for worker, _ in forked:
-        worker.join(timeout=10)
-        assert not worker.is_alive()
 
 
 def test_one_worker_refused_ends_those_asked_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """The answers come in the order asked; one refusal among them is the start's error,
     and the workers forked with it are let go (their sockets closed)."""
     ours, theirs = socket.socketpair()
+    ours.settimeout(5)  # (an answer waited for that never comes fails, not hangs)
     answers = [4242, -errno.EAGAIN, 4343]
     host = host_module._Host(subprocess.Popen(["true"]), ours)
     host.process.wait()
@@ -168,6 +177,9 @@ def test_one_worker_refused_ends_those_asked_with_it(monkeypatch: pytest.MonkeyP
         with pytest.raises(OSError, match="could not fork") as refused:
             fork_workers(3)
         assert refused.value.errno == errno.EAGAIN
+        ours.setblocking(False)
+        with pytest.raises(BlockingIOError):  # every answer was read: the next is ours
+            ours.recv(1)
         ends = []
         for _ in answers:
             message, fds, _, _ = socket.recv_fds(theirs, 1, 1)

@@ -51,7 +51,7 @@ def wait_for(condition: object, what: str, timeout: float = 20) -> None:
 def slow_feeds(farm: Farm, count: int) -> list[str]:
     """Feeds that take a while to answer, each a tenth of a second or more to parse (long
     texts to sanitize), so that a worker seen running holds a job for a while."""
-    text = "<p>" + "Some words <b>to clean</b> and <a href='/x'>a link</a>. " * 400 + "</p>"
+    text = "<p>" + "Some words <b>to clean</b> and <a href='/x'>a link</a>. " * 200 + "</p>"
 
     def answer(request: Request) -> Answer:
         time.sleep(0.4)
@@ -122,12 +122,24 @@ def workers_up(proc: subprocess.Popen[bytes]) -> bool:
     return len(workers(proc)) >= 1
 
 
+def _cpu(pid: int) -> tuple[str, int]:
+    """The state of process ``pid`` and its CPU time so far, in clock ticks."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0], int(fields[11]) + int(fields[12])
+
+
 def running_worker(proc: subprocess.Popen[bytes]) -> int | None:
-    """A parse worker of ``proc`` that is running (on a job: an idle one sleeps)."""
+    """A parse worker of ``proc`` on a job: running now and 50 ms later, and busy
+    meanwhile (an idle one sleeps; one just started or answering runs only briefly)."""
     for pid in workers(proc):
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            if stat[stat.rindex(")") + 2] == "R":
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            state, before = _cpu(pid)
+            if state != "R":
+                continue
+            time.sleep(0.05)
+            state, after = _cpu(pid)
+            if state == "R" and after - before >= 2:  # (of 5 at 100 ticks a second)
                 return pid
     return None
 
