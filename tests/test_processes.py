@@ -49,8 +49,9 @@ def wait_for(condition: object, what: str, timeout: float = 20) -> None:
 
 
 def slow_feeds(farm: Farm, count: int) -> list[str]:
-    """Feeds that take a while to answer, each a tenth of a second or more to parse (long
-    texts to sanitize), so that a worker seen running holds a job for a while."""
+    """Feeds that take a while to answer, each some 60 ms of a worker's CPU to parse (long
+    texts to sanitize): once a round of them has come, the workers are busy for a while
+    and each holds jobs."""
     text = "<p>" + "Some words <b>to clean</b> and <a href='/x'>a link</a>. " * 200 + "</p>"
 
     def answer(request: Request) -> Answer:
