@@ -147,9 +147,8 @@ class _Host:
                 else:
                     forked.append((Forked(pid, pidfd), here))
         except BaseException:
-            _close_pairs(pairs)  # (each worker forked ends as its socket closes)
-            for worker, _ in forked:
-                worker._close()
+            _close_pairs(pairs)
+            _let_go(forked)
             raise
         return forked, refused
 
@@ -211,9 +210,7 @@ def fork_workers(count: int) -> list[tuple[Forked, socket.socket]]:
                 _discard()
                 raise
     if refused:
-        for worker, here in forked:
-            here.close()
-            worker._close()
+        _let_go(forked)
         raise OSError(refused, f"the parser host could not fork: {os.strerror(refused)}")
     return forked
 
@@ -235,9 +232,11 @@ def _close_pairs(pairs: list[_Pair]) -> None:
             end.close()
 
 
-def fork_worker() -> tuple[Forked, socket.socket]:
-    """One new worker (see :func:`fork_workers`)."""
-    return fork_workers(1)[0]
+def _let_go(forked: list[tuple[Forked, socket.socket]]) -> None:
+    """Workers not wanted after all: each ends as its socket closes."""
+    for worker, here in forked:
+        here.close()
+        worker._close()
 
 
 def stop_host() -> None:

@@ -23,7 +23,7 @@ import pytest
 
 from aggregator import cli
 from aggregator import host as host_module
-from aggregator.host import fork_worker, fork_workers, start_host, stop_host
+from aggregator.host import Forked, fork_workers, start_host, stop_host
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +43,20 @@ def _ask(end: socket.socket, work: Callable[[object], object], job: object) -> o
         connection.close()
     assert ok, trace
     return value
+
+
+def fork_worker() -> tuple[Forked, socket.socket]:
+    """One new worker and this process's end of its socket."""
+    return fork_workers(1)[0]
+
+
+def _send(end: socket.socket, work: Callable[[object], object], job: object) -> None:
+    """Hand a worker a job without waiting for its answer."""
+    connection = Connection(os.dup(end.fileno()))
+    try:
+        connection.send((work, job))
+    finally:
+        connection.close()
 
 
 def _pid(_: object) -> int:
@@ -84,9 +98,7 @@ def test_a_forked_worker_runs_jobs_until_its_socket_closes() -> None:
 def test_a_busy_worker_is_stopped_by_sigterm() -> None:
     worker, end = fork_worker()
     with end:
-        connection = Connection(os.dup(end.fileno()))
-        connection.send((time.sleep, 60))
-        connection.close()
+        _send(end, time.sleep, 60)
         worker.join(timeout=0.2)
         assert worker.is_alive()  # (still asleep)
         worker.terminate()
@@ -98,7 +110,7 @@ def test_a_worker_that_ends_at_once_is_seen_to_end() -> None:
     """It ends (and the host reaps it) before anyone looks: its pidfd still says so."""
     worker, end = fork_worker()
     with end:
-        Connection(os.dup(end.fileno())).send((os._exit, 3))
+        _send(end, os._exit, 3)
         worker.join(timeout=10)
         assert not worker.is_alive()
         worker.terminate()  # (nothing to stop, and nothing else is hit)
@@ -216,8 +228,8 @@ def test_nothing_outlives_the_process_that_started_the_host(tmp_path: Path) -> N
             import os, sys, time
             from multiprocessing.connection import Connection
             import aggregator.host as h
-            from aggregator.host import fork_worker
-            worker, end = fork_worker()
+            from aggregator.host import fork_workers
+            [(worker, end)] = fork_workers(1)
             Connection(os.dup(end.fileno())).send((time.sleep, 60))
             print(h._host.process.pid, worker.pid, flush=True)
             time.sleep(60)
